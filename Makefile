@@ -1,0 +1,68 @@
+# The two commands: `make run` serves the platform on its embedded defaults,
+# `make test` runs the whole test suite. Both set up everything they need.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+HOST ?= 127.0.0.1
+PORT ?= 8000
+export PLATFORM_DATA_DIR ?= $(CURDIR)/data
+
+.PHONY: setup system-deps run serve test bench soak lint clean
+
+$(VENV)/.installed: pyproject.toml frontend/package-lock.json
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	npm ci --prefix frontend --no-audit --no-fund --loglevel=error
+	touch $@
+
+setup: $(VENV)/.installed
+
+system-deps:
+	bash scripts/system-deps.sh
+
+# Development server on the embedded defaults: SQLite, in-memory channel layer,
+# demo models; authentication stays on (a demo key is written to data/).
+run: setup
+	DJANGO_DEBUG=1 $(PY) manage.py migrate --no-input
+	DJANGO_DEBUG=1 $(PY) manage.py load_demo_models
+	DJANGO_DEBUG=1 $(PY) manage.py bootstrap_demo --host $(HOST) --port $(PORT)
+	DJANGO_DEBUG=1 $(PY) manage.py collectstatic --no-input -v0
+	DJANGO_DEBUG=1 $(PY) -m platform_core.server -b $(HOST) -p $(PORT) \
+		--websocket-max-message-size 4194304 platform_core.asgi:application
+
+test: setup system-deps
+	$(PY) -m pytest
+
+# End-to-end benchmark (docs/benchmarks.md): the platform against the transport
+# ceiling and the naive approach, one daphne process at a time on this machine.
+# Results in bench-results/<timestamp>/ and bench-results/latest/. Take numbers
+# on a quiet machine: client and server share its cores.
+BENCH_DURATION_S ?= 6
+BENCH_WARMUP_S ?= 2
+BENCH_REPEATS ?= 2
+BENCH_CONNECTIONS ?= 32
+BENCH_IN_FLIGHT ?= 8
+BENCH_PROCESSES ?= 1
+BENCH_ENCODING ?= json
+BENCH_ARGS ?=
+bench: setup
+	$(PY) -m bench.run --duration $(BENCH_DURATION_S) --warmup $(BENCH_WARMUP_S) --repeats $(BENCH_REPEATS) \
+		--connections $(BENCH_CONNECTIONS) --in-flight $(BENCH_IN_FLIGHT) \
+		--processes $(BENCH_PROCESSES) --encoding $(BENCH_ENCODING) $(BENCH_ARGS)
+
+# The platform at half its measured maximum for SOAK_MINUTES: RSS over time and
+# the prediction log checked against every request answered.
+SOAK_MINUTES ?= 5
+SOAK_ARGS ?=
+soak: setup
+	$(PY) -m bench.soak --minutes $(SOAK_MINUTES) --connections $(BENCH_CONNECTIONS) \
+		--processes $(BENCH_PROCESSES) --encoding $(BENCH_ENCODING) $(SOAK_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf $(VENV) data .pytest_cache

@@ -1,0 +1,383 @@
+"""Results of a comparison as Markdown tables, target verdicts and a latency-vs-throughput plot."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from .machine import describe
+
+SERVER_LABELS = {
+    "platform": "platform",
+    "platform-nomon": "platform, monitoring off",
+    "ceiling": "transport ceiling",
+    "ceiling-nocleanup": "ceiling without per-frame DB cleanup",
+    "naive": "naive (predict per message)",
+}
+SERVER_ORDER = ["ceiling", "ceiling-nocleanup", "platform", "platform-nomon", "naive"]
+
+# The issue's targets.
+CEILING_SHARE_MIN = 0.80
+KERAS_SPEEDUP_MIN = 20.0
+HALF_LOAD_P99_MAX_MS = 15.0
+MONITORING_COST_MAX = 0.10
+SOAK_RSS_GROWTH_MAX = 0.05
+
+
+def find(results: dict[str, Any], server: str, kind: str, workload: str) -> dict[str, Any] | None:
+    for run in results.get("runs", []):
+        if run["server"] == server and run["kind"] == kind and run["workload"] == workload:
+            return run
+    return None
+
+
+def workloads(results: dict[str, Any]) -> list[str]:
+    seen: list[str] = []
+    for run in results.get("runs", []):
+        if run["workload"] not in seen and run["kind"] == "max":
+            seen.append(run["workload"])
+    return seen
+
+
+def transport_ceiling(results: dict[str, Any], workload: str) -> dict[str, Any] | None:
+    """The faster of the two bare consumers: with and without Channels' per-frame database cleanup.
+
+    The platform's consumer skips that cleanup, so the stock Channels consumer
+    alone would flatter it; the transport ceiling is what either one reaches.
+    """
+    candidates = [run for name in ("ceiling", "ceiling-nocleanup") if (run := find(results, name, "max", workload))]
+    return max(candidates, key=lambda run: run["requests_per_s"]) if candidates else None
+
+
+def _verdict(passed: bool, margin: str) -> str:
+    return f"pass, by {margin}" if passed else f"**FAIL**, short by {margin}"
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each target of the issue that this run can judge, with its value and by how much it passes or fails."""
+    verdicts: list[dict[str, Any]] = []
+
+    def add(target: str, workload: str, value: float, threshold: float, passed: bool, margin: str,
+            result: str) -> None:
+        verdicts.append({"target": target, "workload": workload, "value": round(value, 4),
+                         "threshold": threshold, "pass": passed, "result": result,
+                         "verdict": _verdict(passed, margin)})
+
+    log = (results.get("log_checks") or {}).get("platform")
+    for workload in workloads(results):
+        if not workload.endswith(" x1"):
+            continue
+        platform, ceiling = find(results, "platform", "max", workload), transport_ceiling(results, workload)
+        if platform and ceiling and ceiling["requests_per_s"]:
+            share = platform["requests_per_s"] / ceiling["requests_per_s"]
+            passed = share >= CEILING_SHARE_MIN
+            add("single-row req/s >= 80% of the transport ceiling", workload, share, CEILING_SHARE_MIN, passed,
+                f"{abs(share - CEILING_SHARE_MIN) * 100:.1f} points",
+                f"{share:.0%} ({platform['requests_per_s']:.0f} vs {ceiling['requests_per_s']:.0f} req/s, "
+                f"{SERVER_LABELS[ceiling['server']]})")
+    if log is not None:
+        add("every prediction logged (platform)", "all loads", log["missing"] + log["duplicates"] + log["unexpected"],
+            0, log["exact"],
+            "0 records" if log["exact"] else f"{log['missing']} missing, {log['duplicates']} duplicated, "
+            f"{log['unexpected']} unexpected",
+            f"{log['records']} records for {log['answered']} answered requests")
+    for workload in workloads(results):
+        if not workload.startswith("digits"):
+            continue
+        platform, naive = find(results, "platform", "max", workload), find(results, "naive", "max", workload)
+        if platform and naive and naive["requests_per_s"]:
+            speedup = platform["requests_per_s"] / naive["requests_per_s"]
+            passed = speedup >= KERAS_SPEEDUP_MIN
+            add("Keras: platform >= 20x the naive approach", workload, speedup, KERAS_SPEEDUP_MIN, passed,
+                f"{abs(speedup - KERAS_SPEEDUP_MIN):.1f}x",
+                f"{speedup:.1f}x ({platform['requests_per_s']:.0f} vs {naive['requests_per_s']:.1f} req/s)")
+    for workload in workloads(results):
+        half = find(results, "platform", "half", workload)
+        if half and half["latency_ms"]["p99"] is not None:
+            p99 = half["latency_ms"]["p99"]
+            errors = sum(half["window"]["errors"].values())
+            passed = p99 <= HALF_LOAD_P99_MAX_MS and errors == 0
+            margin = f"{abs(HALF_LOAD_P99_MAX_MS - p99):.1f} ms" + (f" and {errors} errors" if errors else "")
+            add("p99 <= 15 ms at half the platform's maximum", workload, p99, HALF_LOAD_P99_MAX_MS, passed, margin,
+                f"p99 {p99:.1f} ms at {half['requests_per_s']:.0f} req/s")
+    for workload in workloads(results):
+        on, off = find(results, "platform", "max", workload), find(results, "platform-nomon", "max", workload)
+        if on and off and off["requests_per_s"]:
+            cost = 1.0 - on["requests_per_s"] / off["requests_per_s"]
+            passed = cost <= MONITORING_COST_MAX
+            add("prediction log and metrics cost <= 10% of throughput", workload, cost, MONITORING_COST_MAX, passed,
+                f"{abs(MONITORING_COST_MAX - cost) * 100:.1f} points",
+                f"{cost:+.1%} ({on['requests_per_s']:.0f} vs {off['requests_per_s']:.0f} req/s)")
+    soak = results.get("soak")
+    if soak:
+        growth = soak["rss"]["growth"]
+        passed = growth is not None and growth < SOAK_RSS_GROWTH_MAX
+        add(f"{soak['minutes']:g}-minute soak at half load: RSS grows < 5% after warm-up", soak["workload"],
+            growth if growth is not None else float("nan"), SOAK_RSS_GROWTH_MAX, passed,
+            f"{abs(SOAK_RSS_GROWTH_MAX - (growth or 0)) * 100:.1f} points",
+            f"{(growth or 0):+.1%} ({soak['rss']['baseline_mb']:.0f} -> {soak['rss']['final_mb']:.0f} MiB)")
+        check = soak["log_check"]
+        add("soak: no prediction record missing", soak["workload"], check["missing"], 0, check["exact"],
+            "0 records" if check["exact"] else f"{check['missing']} missing, {check['duplicates']} duplicated",
+            f"{check['records']} records for {check['answered']} answered requests")
+    return verdicts
+
+
+# -- Markdown ---------------------------------------------------------------------------------------
+
+
+def _n(value: float | None, digits: int = 0) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def _ms(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.1f}" if value < 100 else f"{value:,.0f}"
+
+
+def _errors(errors: dict[str, int]) -> str:
+    return ", ".join(f"{code} {n}" for code, n in errors.items()) or "0"
+
+
+def _table(header: list[str], rows: Iterable[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _servers(results: dict[str, Any]) -> list[str]:
+    present = {run["server"] for run in results.get("runs", [])}
+    return [s for s in SERVER_ORDER if s in present]
+
+
+def comparison_table(results: dict[str, Any]) -> str:
+    """Requests per second at maximum load, side by side, with the ratios the targets are about."""
+    rows = []
+    for workload in workloads(results):
+        get = {s: find(results, s, "max", workload) for s in SERVER_ORDER}
+        rps = {s: (r["requests_per_s"] if r else None) for s, r in get.items()}
+        ceiling = transport_ceiling(results, workload)
+        ceiling_rps = ceiling["requests_per_s"] if ceiling else None
+        share = rps["platform"] / ceiling_rps if rps["platform"] and ceiling_rps else None
+        cost = 1 - rps["platform"] / rps["platform-nomon"] if rps["platform"] and rps["platform-nomon"] else None
+        speedup = rps["platform"] / rps["naive"] if rps["platform"] and rps["naive"] else None
+        half = find(results, "platform", "half", workload)
+        platform = get["platform"]
+        rows.append([
+            workload,
+            f"{_n(rps['ceiling'])} / {_n(rps['ceiling-nocleanup'])}",
+            _n(rps["platform"]) + (f" ({_n(platform['rows_per_s'])} rows/s)" if platform else ""),
+            "-" if share is None else f"{share:.0%}",
+            _n(rps["platform-nomon"]),
+            "-" if cost is None else f"{cost:+.1%}",
+            _n(rps["naive"], 1),
+            "-" if speedup is None else f"{speedup:,.1f}x",
+            _ms(half["latency_ms"]["p99"]) if half else "-",
+        ])
+    return _table(
+        ["workload", "ceiling req/s (stock consumer / no per-frame DB cleanup)", "platform req/s",
+         "platform ÷ faster ceiling", "platform, monitoring off",
+         "monitoring cost", "naive req/s", "platform ÷ naive", "platform p99 at half load (ms)"],
+        rows,
+    )
+
+
+def readme_table(results: dict[str, Any]) -> str:
+    """The table for the README: the comparison and the machine it ran on."""
+    machine = results["machine"]
+    load = results.get("load_average_start", ["?"])[0]
+    options = results["options"]
+    return (
+        f"Measured by `make bench` on {describe(machine)} (load average {load} at the start), one daphne "
+        f"process, client and server on the same machine; closed loop with {options['connections']} "
+        f"connections x {options['in_flight']} requests in flight, {options['encoding'].upper()} frames, "
+        f"{options['duration_s']:g} s per load. Details: [docs/benchmarks.md](docs/benchmarks.md).\n\n"
+        + comparison_table(results)
+    )
+
+
+def markdown(results: dict[str, Any]) -> str:
+    machine, options = results["machine"], results["options"]
+    parts = [
+        "# Benchmark results\n",
+        f"Run {results['started_at']} – {results.get('finished_at', '?')} on {describe(machine)}, kernel "
+        f"{machine['kernel']}, commit {machine['git_commit']}"
+        f"{' (with local changes)' if machine['git_dirty'] else ''}. "
+        f"Load average {results['load_average_start']} at the start, {results.get('load_average_end')} at the end.\n",
+        f"Loads: {options['connections']} connections; closed loop with {options['in_flight']} requests in flight "
+        f"per connection; {options['encoding'].upper()} frames; {options['processes']} client process(es); "
+        f"{options['warmup_s']:g} s warm-up then {options['duration_s']:g} s measured "
+        f"({options['sweep_duration_s']:g} s for sweep points). Client and server share the machine's "
+        f"{machine['cpu_cores']} cores. Batcher tuning from the environment: {results.get('tuning') or 'defaults'}.\n",
+        "## Summary\n",
+        comparison_table(results),
+        "## Targets\n",
+        _table(
+            ["target", "workload", "result", "verdict"],
+            [[t["target"], t["workload"], t["result"], t["verdict"]] for t in results.get("targets", [])],
+        ),
+        "## Maximum throughput (closed loop)\n",
+        f"The servers took turns, {options.get('repeats', 1)} rounds per workload; the best round is shown "
+        "with its latency and batch sizes. Latency here is what a client sees with every connection's "
+        "pipeline full: it measures queueing at saturation, not service time. Batch rows: the size of the "
+        "model call that served the average request (the replies' `batch_size`). CPU: cores used over "
+        "the window, server (all its threads) and client (all its processes).\n",
+        _table(
+            ["workload", "server", "req/s (best round)", "rounds req/s", "rows/s", "p50 ms", "p95 ms", "p99 ms",
+             "max ms", "batch rows mean / p99 / max", "errors", "server CPU", "client CPU"],
+            [_run_row(run, with_workload=True) for workload in workloads(results)
+             for server in _servers(results) if (run := find(results, server, "max", workload))],
+        ),
+        "## Latency at half the platform's maximum (open loop)\n",
+        "Requests are sent on a fixed schedule at half the rate the platform reached above; latency is "
+        "measured from each request's scheduled send time. The ceiling gets the same rates for reference.\n",
+        _table(
+            ["workload", "server", "target req/s", "req/s", "p50 ms", "p95 ms", "p99 ms", "max ms",
+             "errors", "client send lag p99 ms"],
+            [
+                [run["workload"], SERVER_LABELS[run["server"]], _n(run["target_rate_per_s"]),
+                 _n(run["requests_per_s"]), _ms(run["latency_ms"]["p50"]), _ms(run["latency_ms"]["p95"]),
+                 _ms(run["latency_ms"]["p99"]), _ms(run["latency_ms"]["max"]), _errors(run["window"]["errors"]),
+                 _ms(run["send_lag_ms"]["p99"])]
+                for workload in workloads(results) for server in _servers(results)
+                if (run := find(results, server, "half", workload))
+            ],
+        ),
+        "## Latency vs throughput (iris, 1 row, open loop)\n",
+        "![p50 and p99 latency against throughput](latency_vs_throughput.png)\n",
+        _table(
+            ["server", "target req/s", "req/s", "p50 ms", "p95 ms", "p99 ms", "max ms", "errors"],
+            [
+                [SERVER_LABELS[run["server"]], _n(run["target_rate_per_s"]), _n(run["requests_per_s"]),
+                 _ms(run["latency_ms"]["p50"]), _ms(run["latency_ms"]["p95"]), _ms(run["latency_ms"]["p99"]),
+                 _ms(run["latency_ms"]["max"]), _errors(run["window"]["errors"])]
+                for server in _servers(results) for run in results["runs"]
+                if run["server"] == server and run["kind"] == "sweep"
+            ],
+        ),
+    ]
+    log = (results.get("log_checks") or {}).get("platform")
+    if log:
+        parts += [
+            "## Prediction log\n",
+            f"After the platform was stopped with SIGTERM, its SQLite prediction log held {log['records']:,} "
+            f"records ({log['distinct_records']:,} distinct request ids) for {log['answered']:,} requests "
+            f"its clients saw answered: {log['missing']} missing, {log['duplicates']} duplicated, "
+            f"{log['unexpected']} not answered; {log['spill_lines']} records left in spill files.\n",
+        ]
+    for profile in results.get("profiles") or []:
+        per_core = profile["rate_hz"] * profile["seconds"]
+        raw, svg, _, top = profile["files"]
+        parts += [
+            f"## Where the platform's time goes ({profile['workload']}, maximum load)\n",
+            f"py-spy `--gil`, {profile['rate_hz']} Hz for {profile['seconds']:g} s: every sample is taken from "
+            "the thread holding the GIL, so a share is a share of the interpreter's time, and a thread's "
+            "\"GIL held\" is the fraction of wall time it held it (native work with the GIL released, such "
+            "as SQLite stepping or TensorFlow kernels, is not counted). Flame graph of all running threads: "
+            f"`{svg}`; raw stacks: `{raw}`; longer lists: `{top}`.\n",
+            _table(["thread", "share of samples", "GIL held"],
+                   [[t["function"], f"{t['percent']:.1f}%", f"{t['samples'] / per_core:.2f}"]
+                    for t in profile["threads"]]),
+            "Functions by own time (the frame that was running):\n",
+            _table(["function", "share"],
+                   [[f"`{t['function']}`", f"{t['percent']:.1f}%"] for t in profile["top_own"][:15]]),
+            "Functions by inclusive time (running or calling):\n",
+            _table(["function", "share"],
+                   [[f"`{t['function']}`", f"{t['percent']:.1f}%"] for t in profile["top_inclusive"][:20]]),
+        ]
+    soak = results.get("soak")
+    if soak:
+        parts += ["## Latest soak\n", soak_summary(soak)]
+    return "\n".join(parts)
+
+
+def _run_row(run: dict[str, Any], *, with_workload: bool) -> list[str]:
+    lat, batch = run["latency_ms"], run["batch_size"]
+    row = [run["workload"]] if with_workload else []
+    return row + [
+        SERVER_LABELS[run["server"]], _n(run["requests_per_s"], 1 if run["requests_per_s"] < 100 else 0),
+        " / ".join(_n(r, 1 if r < 100 else 0) for r in run.get("rounds_requests_per_s", [])),
+        _n(run["rows_per_s"]), _ms(lat["p50"]), _ms(lat["p95"]), _ms(lat["p99"]), _ms(lat["max"]),
+        f"{batch['mean']} / {batch['p99']} / {batch['max']}", _errors(run["window"]["errors"]),
+        _n(run["server_cpu_cores"], 2), _n(run["client_cpu_cores"], 2),
+    ]
+
+
+def soak_summary(soak: dict[str, Any]) -> str:
+    rss, check, load = soak["rss"], soak["log_check"], soak["load"]
+    return (
+        f"{soak['minutes']:g} minutes of {soak['workload']} at {soak['rate_per_s']:.0f} req/s "
+        f"({soak['fraction']:.0%} of the {soak['max_requests_per_s']:.0f} req/s measured first), run "
+        f"{soak['started_at']}, load average {soak['load_average_start']} -> {soak['load_average_end']}. "
+        f"Answered {load['requests_per_s']:.0f} req/s, p50 {_ms(load['latency_ms']['p50'])} ms, p99 "
+        f"{_ms(load['latency_ms']['p99'])} ms, max {_ms(load['latency_ms']['max'])} ms, errors "
+        f"{_errors(load['window']['errors'])}. RSS after {rss['warmup_s']:g} s of warm-up "
+        f"{rss['baseline_mb']:.1f} MiB, at the end {rss['final_mb']:.1f} MiB ({rss['growth']:+.1%}; peak "
+        f"{rss['peak_mb']:.1f} MiB, trend {rss['slope_mb_per_min']:+.2f} MiB/min). Prediction log: "
+        f"{check['records']:,} records for {check['answered']:,} answered requests, {check['missing']} missing, "
+        f"{check['duplicates']} duplicated.\n"
+    )
+
+
+# -- the plot ---------------------------------------------------------------------------------------
+
+
+def plot_latency_vs_throughput(results: dict[str, Any], path: Path) -> None:
+    """p50 (dashed) and p99 (solid) latency against achieved throughput, one colour per server."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(8, 5), dpi=120)
+    for index, server in enumerate(_servers(results)):
+        runs = sorted(
+            (r for r in results["runs"] if r["server"] == server and r["kind"] == "sweep"
+             and r["latency_ms"]["p99"] is not None),
+            key=lambda r: r["requests_per_s"],
+        )
+        if not runs:
+            continue
+        colour = f"C{index}"
+        x = [r["requests_per_s"] for r in runs]
+        axes.plot(x, [r["latency_ms"]["p99"] for r in runs], "o-", color=colour, label=f"{SERVER_LABELS[server]} p99")
+        axes.plot(x, [r["latency_ms"]["p50"] for r in runs], "x--", color=colour, alpha=0.7,
+                  label=f"{SERVER_LABELS[server]} p50")
+    axes.axhline(HALF_LOAD_P99_MAX_MS, color="grey", linewidth=0.8, linestyle=":")
+    axes.text(axes.get_xlim()[0], HALF_LOAD_P99_MAX_MS * 1.05, " 15 ms target", color="grey", fontsize=8)
+    axes.set_yscale("log")
+    axes.set_xlabel("throughput (requests/s answered)")
+    axes.set_ylabel("latency from scheduled send (ms)")
+    axes.set_title(f"iris, 1 row per request, open loop — {describe(results['machine'])}", fontsize=9)
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend(fontsize=7, ncol=2)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Rewrite ``results.md`` and the plot next to a ``results.json``, with a ``soak.json`` beside it if any."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(prog="python -m bench.report", description=main.__doc__)
+    parser.add_argument("results", type=Path, help="a results.json written by bench.run")
+    args = parser.parse_args(argv)
+    results = json.loads(args.results.read_text())
+    soak = args.results.parent / "soak.json"
+    if soak.exists():
+        results["soak"] = json.loads(soak.read_text())
+    results["targets"] = targets(results)
+    args.results.write_text(json.dumps(results, indent=2) + "\n")
+    (args.results.parent / "results.md").write_text(markdown(results))
+    plot_latency_vs_throughput(results, args.results.parent / "latency_vs_throughput.png")
+    print(readme_table(results))
+
+
+if __name__ == "__main__":
+    main()

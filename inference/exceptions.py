@@ -1,0 +1,61 @@
+"""Errors raised by the model registry, the runtimes and the batching pool."""
+
+
+class InferenceError(Exception):
+    """Base class for every error the inference layer raises."""
+
+    code = "internal"
+
+
+class ArtifactError(InferenceError):
+    """A model artifact is missing, unreadable or of an unsupported framework."""
+
+    code = "model_unavailable"
+
+
+class ArtifactChecksumMismatch(ArtifactError):
+    """A model artifact's bytes differ from the checksum recorded in the registry."""
+
+
+class UntrustedArtifact(ArtifactError):
+    """A scikit-learn artifact refers to types outside the trusted list."""
+
+
+class UnknownModel(InferenceError):
+    """No such model or version is registered, or the caller may not use it."""
+
+    code = "unknown_model"
+
+
+class ModelUnavailable(InferenceError):
+    """The model exists but is not loaded, or failed to load."""
+
+    code = "model_unavailable"
+
+
+class InvalidInput(InferenceError):
+    """The request's rows do not fit the model's input schema."""
+
+    code = "invalid_input"
+
+
+class Overloaded(InferenceError):
+    """The model's queue is full; the client should retry later."""
+
+    code = "overloaded"
+
+    def __init__(self, message: str, retry_after_ms: int) -> None:
+        super().__init__(message)
+        self.retry_after_ms = retry_after_ms
+
+
+class DeadlineExceeded(InferenceError):
+    """The request waited in the queue past its deadline and was not run."""
+
+    code = "timeout"
+
+
+class ModelCallFailed(InferenceError):
+    """The model raised, or returned output that does not fit the batch."""
+
+    code = "internal"

@@ -1,0 +1,97 @@
+"""What the serving path reports, and who listens.
+
+``streaming`` and ``inference`` call these functions on the event loop, once
+per request, connection or batch; each registered sink must return at once
+(append to a buffer, bump a counter) and never touch the database or the
+network on the caller's time.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class PredictionEvent:
+    """One answered request: a prediction, or the error it got."""
+
+    #: Wall-clock time (Unix seconds) the frame arrived.
+    received_at: float
+    model: str | None
+    version: int | None
+    #: The API key's name (never its secret), or None where authentication is off.
+    api_key: str | None
+    request_id: Any
+    rows: int
+    inputs: Any
+    outputs: Any
+    #: "ok" or the protocol's error code.
+    outcome: str
+    queue_ms: float | None = None
+    inference_ms: float | None = None
+    total_ms: float | None = None
+    batch_size: int | None = None
+    error: str | None = None
+
+
+PredictionSink = Callable[[PredictionEvent], None]
+ConnectionSink = Callable[[int], None]
+BatchSink = Callable[[str, int, Any], None]
+
+_prediction_sinks: list[PredictionSink] = []
+_connection_sinks: list[ConnectionSink] = []
+_in_flight_sinks: list[ConnectionSink] = []
+_batch_sinks: list[BatchSink] = []
+
+
+def _add(sinks: list, sink: Callable) -> None:
+    if sink not in sinks:
+        sinks.append(sink)
+
+
+def on_prediction(sink: PredictionSink) -> None:
+    _add(_prediction_sinks, sink)
+
+
+def on_connection_change(sink: ConnectionSink) -> None:
+    """``sink(+1)`` when a prediction or dashboard connection opens, ``sink(-1)`` when it closes."""
+    _add(_connection_sinks, sink)
+
+
+def on_in_flight_change(sink: ConnectionSink) -> None:
+    """``sink(+1)`` when a request is accepted for a model, ``sink(-1)`` when it is answered."""
+    _add(_in_flight_sinks, sink)
+
+
+def on_batch(sink: BatchSink) -> None:
+    """``sink(model, version, stats)`` after every model call, stats an ``inference.batching.BatchStats``."""
+    _add(_batch_sinks, sink)
+
+
+def _call(sinks: list, *args: Any) -> None:
+    for sink in sinks:
+        try:
+            sink(*args)
+        except Exception:  # a broken sink must never cost a reply
+            logger.exception("Monitoring sink %r failed", sink)
+
+
+def prediction(event: PredictionEvent) -> None:
+    _call(_prediction_sinks, event)
+
+
+def connection_change(delta: int) -> None:
+    _call(_connection_sinks, delta)
+
+
+def in_flight_change(delta: int) -> None:
+    _call(_in_flight_sinks, delta)
+
+
+def batch(model: str, version: int, stats: Any) -> None:
+    _call(_batch_sinks, model, version, stats)

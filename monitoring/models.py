@@ -1,0 +1,75 @@
+"""The prediction log: one record per answered request, an audit trail that is never edited."""
+
+from django.db import models
+
+# Widths of the text columns; the writer (monitoring.recorder) cuts longer
+# values, a model name in a refused frame being whatever the client sent.
+MODEL_NAME_LENGTH = 64
+API_KEY_NAME_LENGTH = 100
+REQUEST_ID_LENGTH = 128
+OUTCOME_LENGTH = 32
+
+
+class Outcome(models.TextChoices):
+    """``ok`` or one of the protocol's error codes (docs: PROTOCOL.md, "Errors")."""
+
+    OK = "ok", "ok"
+    INVALID_JSON = "invalid_json", "invalid_json"
+    INVALID_REQUEST = "invalid_request", "invalid_request"
+    INVALID_INPUT = "invalid_input", "invalid_input"
+    UNKNOWN_MODEL = "unknown_model", "unknown_model"
+    MODEL_UNAVAILABLE = "model_unavailable", "model_unavailable"
+    OVERLOADED = "overloaded", "overloaded"
+    RATE_LIMITED = "rate_limited", "rate_limited"
+    TIMEOUT = "timeout", "timeout"
+    INTERNAL = "internal", "internal"
+
+
+class PredictionRecord(models.Model):
+    # Chosen by the process that received the request, before the record is
+    # written anywhere: retries and spill-file replays insert it at most once.
+    event_id = models.UUIDField(unique=True, editable=False)
+    received_at = models.DateTimeField(help_text="When the request frame arrived.")
+    model = models.CharField(max_length=MODEL_NAME_LENGTH, blank=True)
+    version = models.IntegerField(null=True, blank=True)
+    api_key = models.CharField(
+        "API key", max_length=API_KEY_NAME_LENGTH, blank=True,
+        help_text="The key's name, never its secret; empty where authentication is off.",
+    )
+    request_id = models.CharField(
+        max_length=REQUEST_ID_LENGTH, blank=True, help_text="The id the client gave the request."
+    )
+    rows = models.PositiveIntegerField(default=0)
+    inputs = models.JSONField(null=True, blank=True)
+    outputs = models.JSONField(null=True, blank=True)
+    outcome = models.CharField(max_length=OUTCOME_LENGTH, choices=Outcome.choices)
+    error = models.TextField(blank=True, help_text="The error message the client was sent.")
+    queue_ms = models.FloatField(null=True, blank=True)
+    inference_ms = models.FloatField(null=True, blank=True)
+    total_ms = models.FloatField(null=True, blank=True)
+    batch_size = models.PositiveIntegerField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "prediction"
+        ordering = ["-received_at", "-id"]
+        default_permissions = ["view"]
+        indexes = [
+            # The changelist's default order, the date drill-down and retention.
+            models.Index(fields=["received_at"], name="predlog_received"),
+            # Filters, each followed by the time so a filtered page is read in order.
+            models.Index(fields=["model", "received_at"], name="predlog_model_received"),
+            models.Index(fields=["outcome", "received_at"], name="predlog_outcome_received"),
+            models.Index(fields=["api_key", "received_at"], name="predlog_key_received"),
+            # Requests and errors per version, counted from the index alone.
+            models.Index(fields=["model", "version", "outcome"], name="predlog_version_outcome"),
+            # Search by request id, exact or prefix (LIKE 'x%' on PostgreSQL needs
+            # the pattern operator class; other databases ignore it).
+            models.Index(fields=["request_id"], name="predlog_request_id", opclasses=["varchar_pattern_ops"]),
+        ]
+
+    def __str__(self):
+        return f"{self.request_id or '-'} ({self.model or '?'} v{self.version or '?'}, {self.outcome})"
+
+    @property
+    def is_error(self):
+        return self.outcome != Outcome.OK

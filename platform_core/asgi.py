@@ -1,0 +1,40 @@
+"""ASGI entry point: HTTP goes to Django, WebSockets to the streaming consumers.
+
+Importing this module loads and warms up every active model version before the
+server starts accepting connections (daphne imports the application first), so
+the platform reports ready only when its models can answer.
+"""
+
+import gc
+import os
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "platform_core.settings")
+
+from django.core.asgi import get_asgi_application  # noqa: E402
+
+django_asgi_app = get_asgi_application()
+
+from channels.routing import ProtocolTypeRouter  # noqa: E402
+from django.conf import settings  # noqa: E402
+
+from platform_core.routing import websocket_application  # noqa: E402
+
+application = ProtocolTypeRouter(
+    {
+        "http": django_asgi_app,
+        "websocket": websocket_application,
+    }
+)
+
+if settings.PLATFORM_PRELOAD_MODELS:
+    from inference.service import get_service  # noqa: E402
+
+    get_service().load_all()
+
+# Everything loaded so far (Django, TensorFlow, the models) lives as long as
+# the process. Moving it out of the collector's reach keeps full collections,
+# which the prediction log's short-lived records set off, from scanning a heap
+# of millions of permanent objects: a 260 ms pause each, measured, otherwise.
+if settings.PLATFORM_GC_FREEZE:
+    gc.collect()
+    gc.freeze()

@@ -1,0 +1,74 @@
+"""The platform's daphne: ``python -m platform_core.server`` takes daphne's own arguments.
+
+Three things differ from plain ``daphne``:
+
+- A frame over ``--websocket-max-message-size`` is answered with the close code
+  1009 the protocol promises; daphne's WebSocket factory otherwise drops the
+  TCP connection without a closing handshake (autobahn's ``failByDrop``).
+- The application may close with 1001, 1008 and 1009, which autobahn
+  otherwise refuses to send on its behalf.
+- Shutdown is graceful: on SIGTERM or SIGINT the shutdown hooks of
+  ``platform_core.lifecycle`` run first (each connection's requests in flight
+  are answered and it is closed with 1001, the prediction log is flushed), and
+  only then does daphne cancel what is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from daphne.cli import CommandLineInterface
+from daphne.server import Server
+from daphne.ws_protocol import WebSocketProtocol
+from twisted.internet import defer
+
+logger = logging.getLogger(__name__)
+
+# Close codes of RFC 6455 that the protocol sends (going away, policy, too
+# big) but that autobahn's sendClose() reserves for itself.
+_PROTOCOL_CLOSE_CODES = frozenset({1001, 1008, 1009, 1011})
+
+
+class PlatformWebSocketProtocol(WebSocketProtocol):
+    def serverClose(self, code=None):
+        """Called when the application sends ``websocket.close``."""
+        if code in _PROTOCOL_CLOSE_CODES:
+            self.sendCloseFrame(code=code, isReply=False)
+        else:
+            super().serverClose(code)
+
+
+class PlatformServer(Server):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._outer_ready_callable = self.ready_callable
+        # Called by Server.run() once the factories exist, before the reactor runs.
+        self.ready_callable = self._configure_factories
+
+    def _configure_factories(self):
+        self.ws_factory.protocol = PlatformWebSocketProtocol
+        self.ws_factory.setProtocolOptions(failByDrop=False)
+        if self._outer_ready_callable is not None:
+            self._outer_ready_callable()
+
+    def kill_all_applications(self):
+        """Called by the reactor before it shuts down: drain first, then cancel what is left."""
+        from platform_core.lifecycle import run_shutdown_hooks
+
+        drained = defer.Deferred.fromFuture(asyncio.ensure_future(run_shutdown_hooks()))
+        drained.addErrback(lambda failure: logger.error("Graceful shutdown failed: %s", failure.value))
+        drained.addBoth(lambda _: super(PlatformServer, self).kill_all_applications())
+        return drained
+
+
+class PlatformCommandLineInterface(CommandLineInterface):
+    server_class = PlatformServer
+
+
+def main() -> None:
+    PlatformCommandLineInterface.entrypoint()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,25 @@
+from django.contrib import admin
+from django.contrib.auth.views import LogoutView
+from django.http import JsonResponse
+from django.urls import path
+
+from frontend import views as frontend_views
+from monitoring.views import metrics as metrics_view
+
+
+def healthz(request):
+    """Liveness and readiness: the models this process serves and those that failed to load."""
+    from inference.service import get_service
+
+    state = get_service().health()
+    return JsonResponse(state, status=200 if state["ready"] else 503)
+
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("healthz", healthz, name="healthz"),
+    path("metrics", metrics_view, name="metrics"),
+    path("", frontend_views.dashboard, name="dashboard"),
+    path("login/", frontend_views.LoginView.as_view(), name="login"),
+    path("logout/", LogoutView.as_view(), name="logout"),
+]

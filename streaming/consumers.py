@@ -1,0 +1,375 @@
+"""The prediction stream: parse, check, hand to the inference pool, reply.
+
+Requests are pipelined: each accepted predict frame becomes a task that waits
+for its batch and sends its own reply, so the consumer keeps reading frames
+while models compute, and replies go out in the order they finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import weakref
+from typing import Any
+
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+
+from inference.exceptions import InferenceError, Overloaded
+from inference.service import InferenceService, ModelEntry, get_service
+from monitoring import events
+from monitoring.events import PredictionEvent
+
+from . import protocol
+from .auth import ANONYMOUS, Client, authenticate, bearer_token, rate_limits
+from .protocol import ProtocolError
+
+logger = logging.getLogger(__name__)
+
+CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
+CLOSE_UNAUTHORIZED = 4401
+CLOSE_NO_MODEL = 4404
+
+# A client that keeps sending this many times its rate (and at least this
+# many frames) in one second after being told to slow down is cut off.
+FLOOD_FACTOR = 10
+FLOOD_MINIMUM = 100
+
+# At shutdown, a connection with nothing in flight that received no frame
+# for this long is considered drained.
+DRAIN_QUIET_S = 0.05
+CLOSE_HANDSHAKE_S = 2.0
+
+#: Open prediction connections of this process, for a graceful shutdown.
+live_consumers: weakref.WeakSet[PredictConsumer] = weakref.WeakSet()
+
+
+class PredictConsumer(AsyncWebsocketConsumer):
+    """``/ws/v1/predict/`` and ``/ws/v1/predict/<model>/``."""
+
+    client: Client | None
+    service: InferenceService
+
+    async def connect(self) -> None:
+        """Called when a WebSocket handshake arrives (the Origin was already checked)."""
+        self.service = get_service()
+        self.client = None
+        self.default_model: str | None = self.scope["url_route"]["kwargs"].get("model")
+        self.in_flight: set[asyncio.Task[None]] = set()
+        self._frames_seen = 0
+        self._closed = asyncio.Event()
+        self._auth_timer: asyncio.TimerHandle | None = None
+        self._flood_window = 0
+        self._flood_count = 0
+        self.max_in_flight = settings.PLATFORM_MAX_IN_FLIGHT
+        self.max_rows = settings.PLATFORM_MAX_ROWS
+        self.max_frame_bytes = settings.PLATFORM_MAX_FRAME_BYTES
+        await self.accept()
+        live_consumers.add(self)
+        events.connection_change(+1)
+        self._counted = True
+
+        if not settings.PLATFORM_REQUIRE_API_KEY:
+            await self._authenticated(ANONYMOUS)
+            return
+        token = bearer_token(self.scope)
+        if token is not None:
+            client = await authenticate(token)
+            if client is None:
+                await self.close(CLOSE_UNAUTHORIZED)
+                return
+            await self._authenticated(client)
+            return
+        # Browsers cannot set headers: wait for an `auth` message, but not forever.
+        loop = asyncio.get_running_loop()
+        self._auth_timer = loop.call_later(settings.PLATFORM_AUTH_TIMEOUT_S, self._auth_timed_out)
+
+    def _auth_timed_out(self) -> None:
+        if self.client is None:
+            asyncio.ensure_future(self.close(CLOSE_UNAUTHORIZED))
+
+    async def _authenticated(self, client: Client) -> None:
+        if self._auth_timer is not None:
+            self._auth_timer.cancel()
+            self._auth_timer = None
+        if self.default_model is not None and not self._may_use(client, self.default_model):
+            await self.close(CLOSE_NO_MODEL)
+            return
+        self.client = client
+        await self._send_message(
+            {
+                "type": "ready",
+                "protocol": protocol.PROTOCOL_VERSION,
+                "max_in_flight": self.max_in_flight,
+                "max_rows": self.max_rows,
+                "models": self.service.catalog(client.models),
+            },
+            binary=False,
+        )
+
+    def _may_use(self, client: Client, model: str) -> bool:
+        return self.service.has_model(model) and (client.models is None or model in client.models)
+
+    async def disconnect(self, code: int) -> None:
+        """Called when the socket closes, from either side."""
+        self._closed.set()
+        if self._auth_timer is not None:
+            self._auth_timer.cancel()
+        # The client is gone: its queued requests are dropped, not run.
+        for task in list(self.in_flight):
+            task.cancel()
+        live_consumers.discard(self)
+        if getattr(self, "_counted", False):
+            self._counted = False
+            events.connection_change(-1)
+
+    # -- frames ---------------------------------------------------------------------
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        """Called for every ASGI message this connection receives.
+
+        Channels closes stale database connections before every handler, a
+        round trip through its database thread. Frames do not touch the
+        database (authentication goes through ``database_sync_to_async``, which
+        does its own cleanup), so they skip it: it would cost more than the
+        model call of a small request.
+        """
+        if message["type"] == "websocket.receive":
+            await self.websocket_receive(message)
+        else:
+            await super().dispatch(message)
+
+    async def websocket_receive(self, message: dict[str, Any]) -> None:
+        """Called for every frame the client sends."""
+        received = time.perf_counter()
+        received_wall = time.time()
+        self._frames_seen += 1
+        text = message.get("text")
+        data = message.get("bytes")
+        binary = text is None
+        size = len(text) if text is not None else len(data or b"")
+        if size > self.max_frame_bytes:
+            await self.close(CLOSE_TOO_BIG)
+            return
+        body: dict[str, Any] | None = None
+        try:
+            frame = protocol.decode(text, data)
+            body = frame.body
+            rid = protocol.request_id(body)
+            kind = protocol.frame_type(body, rid)
+            if self.client is None:
+                if kind != "auth":
+                    raise ProtocolError("invalid_request", "Authenticate first with an auth message.", rid)
+                await self._auth(body)
+                return
+            if kind == "predict":
+                await self._predict(body, rid, binary, received, received_wall)
+            elif kind == "ping":
+                await self._send_message({"type": "pong", "id": rid}, binary)
+            elif kind == "models":
+                await self._send_message(
+                    {"type": "models", "models": self.service.catalog(self.client.models)}, binary
+                )
+            else:
+                raise ProtocolError("invalid_request", "Already authenticated.", rid)
+        except ProtocolError as exc:
+            await self._send_message(protocol.error(exc.code, exc.message, exc.request_id, **exc.extra), binary)
+            self._report_error(body, exc, received, received_wall)
+
+    async def _auth(self, body: dict[str, Any]) -> None:
+        client = await authenticate(body.get("token"))
+        if client is None:
+            await self.close(CLOSE_UNAUTHORIZED)
+            return
+        await self._authenticated(client)
+
+    async def _predict(
+        self, body: dict[str, Any], rid: Any, binary: bool, received: float, received_wall: float
+    ) -> None:
+        client = self.client
+        if client is None:
+            raise ProtocolError("invalid_request", "Authenticate first with an auth message.", rid)
+        wait_ms = rate_limits.take(client)
+        if wait_ms:
+            await self._flooding(client)
+            raise ProtocolError(
+                "rate_limited",
+                f"This key may send {client.rate_limit_per_s:g} requests per second.",
+                rid,
+                retry_after_ms=max(1, round(wait_ms)),
+            )
+        entry: ModelEntry | None = None
+        try:
+            if len(self.in_flight) >= self.max_in_flight:
+                raise Overloaded(
+                    f"This connection already has {self.max_in_flight} requests pending.",
+                    retry_after_ms=self._retry_after_ms(body.get("model", self.default_model)),
+                )
+            request = protocol.predict_request(body, rid, self.default_model)
+            entry = self.service.entry(request.model, request.version, client.models)
+            rows = entry.schema.to_array(request.inputs, max_rows=self.max_rows)
+            future = self.service.submit(entry, rows, received_at=received)
+        except InferenceError as exc:
+            extra = {"retry_after_ms": exc.retry_after_ms} if isinstance(exc, Overloaded) else {}
+            error = ProtocolError(exc.code, str(exc), rid, **extra)
+            error.entry = entry  # the model version the request resolved to, for the log
+            raise error from None
+        task = asyncio.ensure_future(
+            self._reply(future, entry, rid, request.inputs, rows.shape[0], binary, received, received_wall)
+        )
+        self.in_flight.add(task)
+        task.add_done_callback(self.in_flight.discard)
+
+    def _retry_after_ms(self, model: Any) -> int:
+        try:
+            entry = self.service.entry(model) if isinstance(model, str) else None
+        except InferenceError:
+            entry = None
+        if entry is not None and entry.batcher is not None:
+            return entry.batcher.retry_after_ms()
+        return 10
+
+    async def _flooding(self, client: Client) -> None:
+        window = int(time.monotonic())
+        if window != self._flood_window:
+            self._flood_window, self._flood_count = window, 0
+        self._flood_count += 1
+        limit = max(FLOOD_MINIMUM, FLOOD_FACTOR * (client.rate_limit_per_s or 0))
+        if self._flood_count > limit:
+            logger.warning("Closing a connection of key %s: %d frames in a second past its rate limit",
+                           client.name, self._flood_count)
+            await self.close(CLOSE_POLICY)
+
+    async def _reply(
+        self,
+        future: asyncio.Future[Any],
+        entry: ModelEntry,
+        rid: Any,
+        inputs: Any,
+        n_rows: int,
+        binary: bool,
+        received: float,
+        received_wall: float,
+    ) -> None:
+        events.in_flight_change(+1)
+        try:
+            try:
+                result = await future
+                outputs = entry.format_outputs(result.outputs)
+            except InferenceError as exc:
+                total_ms = (time.perf_counter() - received) * 1000.0
+                await self._send_message(protocol.error(exc.code, str(exc), rid), binary)
+                self._emit(entry, rid, n_rows, inputs, None, exc.code, received_wall, total_ms=total_ms,
+                           error=str(exc))
+                return
+            timing = {
+                "queue_ms": round(result.queue_ms, 3),
+                "inference_ms": round(result.inference_ms, 3),
+                "total_ms": 0.0,
+            }
+            reply = {
+                "type": "prediction",
+                "id": rid,
+                "model": entry.name,
+                "version": entry.version,
+                "outputs": outputs,
+                "batch_size": result.batch_size,
+                "timing": timing,
+            }
+            total_ms = (time.perf_counter() - received) * 1000.0
+            timing["total_ms"] = round(total_ms, 3)
+            await self._send_message(reply, binary)
+            self._emit(entry, rid, n_rows, inputs, outputs, "ok", received_wall,
+                       queue_ms=result.queue_ms, inference_ms=result.inference_ms, total_ms=total_ms,
+                       batch_size=result.batch_size)
+        finally:
+            events.in_flight_change(-1)
+
+    # -- replies and reports ------------------------------------------------------------
+
+    async def _send_message(self, message: dict[str, Any], binary: bool) -> None:
+        text, data = protocol.encode(message, binary)
+        await self.send(text_data=text, bytes_data=data)
+
+    def _emit(self, entry: ModelEntry, rid: Any, n_rows: int, inputs: Any, outputs: Any, outcome: str,
+              received_wall: float, **timings: Any) -> None:
+        client = self.client
+        events.prediction(
+            PredictionEvent(
+                received_at=received_wall,
+                model=entry.name,
+                version=entry.version,
+                api_key=client.name if client else None,
+                request_id=rid,
+                rows=n_rows,
+                inputs=inputs,
+                outputs=outputs,
+                outcome=outcome,
+                **timings,
+            )
+        )
+
+    def _report_error(self, body: dict[str, Any] | None, exc: ProtocolError, received: float,
+                      received_wall: float) -> None:
+        """Log a frame refused before it reached a model, with what could be read of it."""
+        body = body or {}
+        model = body.get("model", self.default_model)
+        version = body.get("version")
+        if exc.entry is not None:
+            model, version = exc.entry.name, exc.entry.version
+        inputs = body.get("inputs")
+        client = self.client
+        events.prediction(
+            PredictionEvent(
+                received_at=received_wall,
+                model=model if isinstance(model, str) else None,
+                version=version if type(version) is int else None,
+                api_key=client.name if client else None,
+                request_id=exc.request_id,
+                rows=len(inputs) if isinstance(inputs, list) else 0,
+                inputs=inputs,
+                outputs=None,
+                outcome=exc.code,
+                total_ms=(time.perf_counter() - received) * 1000.0,
+                error=exc.message,
+            )
+        )
+
+    # -- shutdown -------------------------------------------------------------------
+
+    async def drain(self, timeout_s: float) -> None:
+        """Answer what the client has sent, then close with 1001; called when the server shuts down.
+
+        Frames already received but not yet read are served too: the
+        connection is closed once nothing is in flight and no frame arrived
+        for a short while, or when ``timeout_s`` runs out.
+        """
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            seen = self._frames_seen
+            if self.in_flight:
+                await asyncio.wait(list(self.in_flight), timeout=max(0.0, deadline - time.monotonic()))
+            await asyncio.sleep(DRAIN_QUIET_S)
+            if not self.in_flight and self._frames_seen == seen:
+                break
+        logger.info("Closing a drained connection (%d requests still in flight)", len(self.in_flight))
+        await self.close(CLOSE_GOING_AWAY)
+        # Let the closing handshake finish: once the reactor stops, unsent frames are lost.
+        try:
+            await asyncio.wait_for(self._closed.wait(), CLOSE_HANDSHAKE_S)
+        except TimeoutError:
+            pass
+
+
+async def drain_connections() -> None:
+    """Shutdown hook: answer every connection's requests in flight, then close it with 1001."""
+    consumers = list(live_consumers)
+    if consumers:
+        timeout_s = settings.PLATFORM_REQUEST_TIMEOUT_MS / 1000.0 + 1.0
+        results = await asyncio.gather(*(consumer.drain(timeout_s) for consumer in consumers), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                logger.error("Draining a connection failed", exc_info=result)

@@ -1,0 +1,156 @@
+"""Frames of the streaming prediction protocol, version 1: decoding, checking and encoding.
+
+Text frames carry JSON, binary frames MessagePack; a reply is encoded the way
+its request was. See ``docs/protocol.md`` for where the platform fills in what
+the protocol leaves open.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+import orjson
+
+PROTOCOL_VERSION = 1
+MAX_ID_LENGTH = 128
+# Integer ids are echoed as they came; beyond 64 bits MessagePack cannot carry them.
+_MAX_INT_ID = 2**63 - 1
+
+REQUEST_TYPES = frozenset({"predict", "ping", "models", "auth"})
+
+
+class ProtocolError(Exception):
+    """A frame that cannot be served, with the protocol's error code and the request id if known."""
+
+    def __init__(self, code: str, message: str, request_id: Any = None, **extra: Any) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+        self.extra = extra
+        #: The model version the request resolved to, when it got that far.
+        self.entry: Any = None
+
+
+@dataclass(slots=True)
+class Frame:
+    """One decoded client frame."""
+
+    body: dict[str, Any]
+    binary: bool
+    size: int
+
+
+def decode(text: str | None, data: bytes | None) -> Frame:
+    """Parse a text (JSON) or binary (MessagePack) frame into a dict."""
+    if text is not None:
+        binary = False
+        size = len(text)
+        try:
+            body = orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            body = _strict_json_fallback(text, exc)
+    elif data is not None:
+        binary = True
+        size = len(data)
+        try:
+            body = msgpack.unpackb(data, raw=False, strict_map_key=True)
+        except Exception as exc:
+            raise ProtocolError("invalid_json", f"The frame is not valid MessagePack: {exc}.") from None
+    else:
+        raise ProtocolError("invalid_json", "The frame is empty.")
+    if type(body) is not dict:
+        kind = "MessagePack map" if binary else "JSON object"
+        raise ProtocolError("invalid_json", f"The frame must be a {kind}.")
+    return Frame(body, binary, size)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _strict_json_fallback(text: str, error: orjson.JSONDecodeError) -> Any:
+    """Parse what orjson refuses but JSON allows: numbers too large for a double.
+
+    ``1e999`` is valid JSON that no double can hold; it reaches the schema as
+    infinity and is refused there as ``invalid_input``, with the request's id.
+    The non-standard ``NaN`` and ``Infinity`` literals stay invalid JSON.
+    """
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except ValueError:
+        raise ProtocolError("invalid_json", f"The frame is not valid JSON: {error.msg}.") from None
+
+
+def request_id(body: dict[str, Any]) -> Any:
+    """Return the frame's id if it is valid, else raise ``invalid_request`` (with a null id)."""
+    rid = body.get("id")
+    if rid is None:
+        return None
+    if type(rid) is str:
+        if len(rid) > MAX_ID_LENGTH:
+            raise ProtocolError("invalid_request", f"id must be at most {MAX_ID_LENGTH} characters.")
+        return rid
+    if type(rid) is int:
+        if abs(rid) > _MAX_INT_ID:
+            raise ProtocolError("invalid_request", "An integer id must fit in 64 bits.")
+        return rid
+    raise ProtocolError("invalid_request", "id must be a string or an integer.")
+
+
+def frame_type(body: dict[str, Any], rid: Any) -> str:
+    kind = body.get("type", "predict")
+    if type(kind) is not str or kind not in REQUEST_TYPES:
+        raise ProtocolError(
+            "invalid_request", f"Unknown type {kind!r}; expected one of predict, ping, models, auth.", rid
+        )
+    return kind
+
+
+@dataclass(slots=True)
+class PredictRequest:
+    id: Any
+    model: str
+    version: int | None
+    inputs: Any
+
+
+def predict_request(body: dict[str, Any], rid: Any, default_model: str | None) -> PredictRequest:
+    """Check a predict frame's fields (not its rows, which the model's schema checks)."""
+    model = body.get("model", default_model)
+    if model is None:
+        raise ProtocolError("invalid_request", "model is required on this endpoint.", rid)
+    if type(model) is not str:
+        raise ProtocolError("invalid_request", "model must be a string.", rid)
+    version = body.get("version")
+    if version is not None and (type(version) is not int or version < 1):
+        raise ProtocolError("invalid_request", "version must be a positive integer.", rid)
+    if "inputs" not in body:
+        raise ProtocolError("invalid_request", "inputs is required.", rid)
+    inputs = body["inputs"]
+    if type(inputs) is not list:
+        raise ProtocolError("invalid_request", "inputs must be a list of rows.", rid)
+    return PredictRequest(rid, model, version, inputs)
+
+
+def _json_default(value: Any) -> Any:
+    # numpy scalars that slipped through; everything else is a bug worth seeing.
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"Cannot encode {type(value).__name__} in a reply.")
+
+
+def encode(message: dict[str, Any], binary: bool) -> tuple[str | None, bytes | None]:
+    """Encode a reply the way its request was encoded: (text, None) or (None, bytes)."""
+    if binary:
+        return None, msgpack.packb(message, use_bin_type=True, default=_json_default)
+    return orjson.dumps(message, default=_json_default).decode(), None
+
+
+def error(code: str, message: str, rid: Any = None, **extra: Any) -> dict[str, Any]:
+    err: dict[str, Any] = {"code": code, "message": message}
+    err.update(extra)
+    return {"type": "error", "id": rid, "error": err}

@@ -1,0 +1,59 @@
+"""Driving the prediction consumer through channels' WebsocketCommunicator."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+from channels.testing import WebsocketCommunicator
+
+from platform_core.asgi import application
+
+IRIS_ROW = [5.1, 3.5, 1.4, 0.2]
+
+
+@asynccontextmanager
+async def connected(path="/ws/v1/predict/", *, key=None, headers=(), expect_ready=True):
+    """A WebsocketCommunicator on the real ASGI application, closed afterwards."""
+    all_headers = list(headers)
+    if key is not None:
+        all_headers.append((b"authorization", f"Bearer {key}".encode()))
+    communicator = WebsocketCommunicator(application, path, headers=all_headers)
+    ok, _ = await communicator.connect()
+    assert ok, "the handshake was refused"
+    try:
+        if expect_ready:
+            ready = await communicator.receive_json_from(timeout=5)
+            assert ready["type"] == "ready", ready
+        yield communicator
+    finally:
+        await communicator.disconnect()
+
+
+async def receive_all(communicator, count, timeout=10):
+    """Receive ``count`` JSON replies, keyed by id."""
+    replies = {}
+    for _ in range(count):
+        reply = await communicator.receive_json_from(timeout=timeout)
+        replies[reply["id"]] = reply
+    return replies
+
+
+async def expect_error(communicator, code, rid="any", timeout=5):
+    reply = await communicator.receive_json_from(timeout=timeout)
+    assert reply["type"] == "error", reply
+    assert reply["error"]["code"] == code, reply
+    if rid != "any":
+        assert reply["id"] == rid, reply
+    return reply
+
+
+async def assert_still_serving(communicator, model="iris"):
+    """The connection stays open and a valid request afterwards is answered."""
+    await communicator.send_json_to({"id": "after", "model": model, "inputs": [IRIS_ROW]})
+    reply = await communicator.receive_json_from(timeout=5)
+    assert reply["type"] == "prediction" and reply["id"] == "after", reply
+
+
+def wait_closed(communicator, timeout=5):
+    return communicator.receive_output(timeout=timeout)
+
