@@ -263,9 +263,10 @@ class StatsAggregator:
         """Send one snapshot to the group; a failure is logged and never stops the publisher."""
         try:
             snapshot = self.snapshot()
-            await asyncio.wait_for(
-                layer.group_send(self.group, {"type": SNAPSHOT_TYPE, "snapshot": snapshot}), PUBLISH_TIMEOUT_S
-            )
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a
+            # cancellation that arrives as group_send completes, and stop() waits forever.
+            async with asyncio.timeout(PUBLISH_TIMEOUT_S):
+                await layer.group_send(self.group, {"type": SNAPSHOT_TYPE, "snapshot": snapshot})
         except asyncio.CancelledError:
             raise
         except Exception as exc:

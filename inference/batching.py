@@ -204,8 +204,11 @@ class DynamicBatcher:
             if remaining <= 0:
                 return
             wakeup.clear()
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a
+            # cancellation that arrives as the awaited event completes.
             try:
-                await asyncio.wait_for(wakeup.wait(), remaining)
+                async with asyncio.timeout(remaining):
+                    await wakeup.wait()
             except TimeoutError:
                 return
 

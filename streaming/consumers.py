@@ -359,7 +359,8 @@ class PredictConsumer(AsyncWebsocketConsumer):
         await self.close(CLOSE_GOING_AWAY)
         # Let the closing handshake finish: once the reactor stops, unsent frames are lost.
         try:
-            await asyncio.wait_for(self._closed.wait(), CLOSE_HANDSHAKE_S)
+            async with asyncio.timeout(CLOSE_HANDSHAKE_S):
+                await self._closed.wait()
         except TimeoutError:
             pass
 

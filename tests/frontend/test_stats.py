@@ -230,6 +230,29 @@ async def test_a_failing_channel_layer_never_stops_the_publisher(aggregator, mon
     assert len(warnings) == 1, "every failure was logged, not the first one"
 
 
+async def test_a_stop_that_arrives_as_a_snapshot_goes_out_stops_the_publisher(aggregator, monkeypatch):
+    class CancelledOnSend:
+        sends = 0
+
+        async def group_send(self, group, message):
+            # The stop arrives while the send completes: a cancellation that
+            # asyncio.wait_for on Python 3.11 would swallow.
+            self.sends += 1
+            aggregator._publisher.cancel()
+
+    layer = CancelledOnSend()
+    monkeypatch.setattr("channels.layers.get_channel_layer", lambda *args: layer)
+    aggregator.interval_s = 0.01
+    aggregator.ensure_publishing()
+    publisher = aggregator._publisher
+
+    done, _ = await asyncio.wait([publisher], timeout=2)
+
+    assert done == {publisher}, f"the publisher went on after its cancellation ({layer.sends} sends)"
+    assert publisher.cancelled()
+    assert layer.sends == 1
+
+
 async def test_a_sink_costs_a_few_microseconds(aggregator):
     # Measured on the loop with the publisher running, as in a server.
     many = [prediction(request_id=f"r-{i}", rows=2) for i in range(1000)]
