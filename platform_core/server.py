@@ -1,6 +1,6 @@
 """The platform's daphne: ``python -m platform_core.server`` takes daphne's own arguments.
 
-Three things differ from plain ``daphne``:
+Four things differ from plain ``daphne``:
 
 - A frame over ``--websocket-max-message-size`` is answered with the close code
   1009 the protocol promises; daphne's WebSocket factory otherwise drops the
@@ -11,17 +11,26 @@ Three things differ from plain ``daphne``:
   ``platform_core.lifecycle`` run first (each connection's requests in flight
   are answered and it is closed with 1001, the prediction log is flushed), and
   only then does daphne cancel what is left.
+- A WebSocket application gets a synchronous way to send an encoded frame,
+  the ASGI scope extension ``platform.send_frame`` (``platform_core.extensions``): ``send(payload, binary)``
+  writes ``payload`` (bytes) as a text or binary frame at once and returns
+  whether the connection was still open. The prediction consumer sends its
+  replies from the callback of the batch that answered them, without a task
+  per reply; under any other server it falls back to ASGI ``send``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from functools import partial
 
 from daphne.cli import CommandLineInterface
 from daphne.server import Server
 from daphne.ws_protocol import WebSocketProtocol
 from twisted.internet import defer
+
+from platform_core.extensions import SEND_FRAME
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +47,13 @@ class PlatformWebSocketProtocol(WebSocketProtocol):
         else:
             super().serverClose(code)
 
+    def send_frame(self, payload: bytes, binary: bool) -> bool:
+        """Send one data frame of an accepted connection; False once it is closing or closed."""
+        if self.state != self.STATE_OPEN:
+            return False
+        self.sendMessage(payload, binary)
+        return True
+
 
 class PlatformServer(Server):
     def __init__(self, *args, **kwargs):
@@ -51,6 +67,19 @@ class PlatformServer(Server):
         self.ws_factory.setProtocolOptions(failByDrop=False)
         if self._outer_ready_callable is not None:
             self._outer_ready_callable()
+
+    def create_application(self, protocol, scope):
+        if scope.get("type") == "websocket" and isinstance(protocol, PlatformWebSocketProtocol):
+            extensions = scope.setdefault("extensions", {})
+            extensions[SEND_FRAME] = {"send": partial(self._send_frame, protocol)}
+        return super().create_application(protocol, scope)
+
+    def _send_frame(self, protocol: PlatformWebSocketProtocol, payload: bytes, binary: bool) -> bool:
+        # What Server.handle_reply checks before handing a message to the protocol.
+        connection = self.connections.get(protocol)
+        if connection is None or connection.get("disconnected"):
+            return False
+        return protocol.send_frame(payload, binary)
 
     def kill_all_applications(self):
         """Called by the reactor before it shuts down: drain first, then cancel what is left."""

@@ -1,8 +1,11 @@
 """The prediction stream: parse, check, hand to the inference pool, reply.
 
-Requests are pipelined: each accepted predict frame becomes a task that waits
-for its batch and sends its own reply, so the consumer keeps reading frames
-while models compute, and replies go out in the order they finish.
+Requests are pipelined: an accepted predict frame is queued for its model's
+batch and the consumer goes on reading frames while models compute. When the
+batch has run, the request's future calls back, and the callback encodes and
+sends the reply at once through the platform server's ``platform.send_frame``
+extension (under another server, a task awaits ASGI ``send``). Replies go out
+in the order they finish.
 """
 
 from __future__ import annotations
@@ -11,15 +14,19 @@ import asyncio
 import logging
 import time
 import weakref
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
-from inference.exceptions import InferenceError, Overloaded
+from inference.exceptions import InferenceError, ModelCallFailed, Overloaded
 from inference.service import InferenceService, ModelEntry, get_service
 from monitoring import events
 from monitoring.events import PredictionEvent
+from platform_core.extensions import SEND_FRAME
 
 from . import protocol
 from .auth import ANONYMOUS, Client, authenticate, bearer_token, rate_limits
@@ -47,18 +54,53 @@ CLOSE_HANDSHAKE_S = 2.0
 live_consumers: weakref.WeakSet[PredictConsumer] = weakref.WeakSet()
 
 
+@dataclass(slots=True)
+class _Request:
+    """What the reply to an accepted predict frame and its log record need."""
+
+    entry: ModelEntry
+    rid: Any
+    inputs: Any
+    n_rows: int
+    binary: bool
+    received: float
+    received_wall: float
+
+
 class PredictConsumer(AsyncWebsocketConsumer):
     """``/ws/v1/predict/`` and ``/ws/v1/predict/<model>/``."""
 
     client: Client | None
     service: InferenceService
 
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """Serve one connection: read its messages one after another and handle each.
+
+        Channels' own loop also subscribes every consumer to the channel layer
+        and, for every frame, starts a task for the next ``receive`` and waits
+        on it and the layer together. Nothing is ever sent to a prediction
+        connection through the layer, and that wait costs more per frame than
+        the model call of a small request, so this loop reads frames only.
+        """
+        self.scope = scope
+        self.channel_layer = None
+        self.channel_name = None
+        self.base_send = send
+        try:
+            while True:
+                await self.dispatch(await receive())
+        except StopConsumer:
+            pass
+
     async def connect(self) -> None:
         """Called when a WebSocket handshake arrives (the Origin was already checked)."""
         self.service = get_service()
         self.client = None
         self.default_model: str | None = self.scope["url_route"]["kwargs"].get("model")
-        self.in_flight: set[asyncio.Task[None]] = set()
+        #: Futures of requests waiting for their batch, and replies being sent.
+        self.in_flight: set[asyncio.Future[Any]] = set()
+        send_frame = (self.scope.get("extensions") or {}).get(SEND_FRAME)
+        self._send_frame = send_frame.get("send") if isinstance(send_frame, dict) else None
         self._frames_seen = 0
         self._closed = asyncio.Event()
         self._auth_timer: asyncio.TimerHandle | None = None
@@ -217,11 +259,12 @@ class PredictConsumer(AsyncWebsocketConsumer):
             error = ProtocolError(exc.code, str(exc), rid, **extra)
             error.entry = entry  # the model version the request resolved to, for the log
             raise error from None
-        task = asyncio.ensure_future(
-            self._reply(future, entry, rid, request.inputs, rows.shape[0], binary, received, received_wall)
+        self.in_flight.add(future)
+        events.in_flight_change(+1)
+        future.add_done_callback(
+            partial(self._answered, _Request(entry, rid, request.inputs, rows.shape[0], binary, received,
+                                             received_wall))
         )
-        self.in_flight.add(task)
-        task.add_done_callback(self.in_flight.discard)
 
     def _retry_after_ms(self, model: Any) -> int:
         try:
@@ -243,50 +286,63 @@ class PredictConsumer(AsyncWebsocketConsumer):
                            client.name, self._flood_count)
             await self.close(CLOSE_POLICY)
 
-    async def _reply(
-        self,
-        future: asyncio.Future[Any],
-        entry: ModelEntry,
-        rid: Any,
-        inputs: Any,
-        n_rows: int,
-        binary: bool,
-        received: float,
-        received_wall: float,
-    ) -> None:
-        events.in_flight_change(+1)
+    def _answered(self, request: _Request, future: asyncio.Future[Any]) -> None:
+        """Done callback of a request's future: send its reply, then report it."""
+        self.in_flight.discard(future)
+        events.in_flight_change(-1)
+        if future.cancelled():  # the client went away
+            return
+        message, outcome, outputs, timings = self._outcome(request, future)
+        send_frame = self._send_frame
+        if send_frame is None:
+            task = asyncio.ensure_future(self._send_and_emit(request, message, outcome, outputs, timings))
+            self.in_flight.add(task)
+            task.add_done_callback(self.in_flight.discard)
+            return
         try:
-            try:
-                result = await future
-                outputs = entry.format_outputs(result.outputs)
-            except InferenceError as exc:
-                total_ms = (time.perf_counter() - received) * 1000.0
-                await self._send_message(protocol.error(exc.code, str(exc), rid), binary)
-                self._emit(entry, rid, n_rows, inputs, None, exc.code, received_wall, total_ms=total_ms,
-                           error=str(exc))
-                return
-            timing = {
+            send_frame(protocol.encode_bytes(message, request.binary), request.binary)
+        except Exception:
+            logger.exception("Could not send the reply to request %r", request.rid)
+        self._emit(request.entry, request.rid, request.n_rows, request.inputs, outputs, outcome,
+                   request.received_wall, **timings)
+
+    async def _send_and_emit(self, request: _Request, message: dict[str, Any], outcome: str, outputs: Any,
+                             timings: dict[str, Any]) -> None:
+        await self._send_message(message, request.binary)
+        self._emit(request.entry, request.rid, request.n_rows, request.inputs, outputs, outcome,
+                   request.received_wall, **timings)
+
+    def _outcome(self, request: _Request, future: asyncio.Future[Any]) -> tuple[dict[str, Any], str, Any, dict]:
+        """The reply to a request whose batch has run, its outcome, outputs and timings for the log."""
+        entry = request.entry
+        try:
+            result = future.result()
+            outputs = entry.format_outputs(result.outputs)
+        except Exception as exc:
+            if not isinstance(exc, InferenceError):
+                logger.error("Request %r to %s v%s failed", request.rid, entry.name, entry.version, exc_info=exc)
+                exc = ModelCallFailed(f"The model {entry.name} failed on this request.")
+            total_ms = (time.perf_counter() - request.received) * 1000.0
+            return (protocol.error(exc.code, str(exc), request.rid), exc.code, None,
+                    {"total_ms": total_ms, "error": str(exc)})
+        total_ms = (time.perf_counter() - request.received) * 1000.0
+        reply = {
+            "type": "prediction",
+            "id": request.rid,
+            "model": entry.name,
+            "version": entry.version,
+            "outputs": outputs,
+            "batch_size": result.batch_size,
+            "timing": {
                 "queue_ms": round(result.queue_ms, 3),
                 "inference_ms": round(result.inference_ms, 3),
-                "total_ms": 0.0,
-            }
-            reply = {
-                "type": "prediction",
-                "id": rid,
-                "model": entry.name,
-                "version": entry.version,
-                "outputs": outputs,
-                "batch_size": result.batch_size,
-                "timing": timing,
-            }
-            total_ms = (time.perf_counter() - received) * 1000.0
-            timing["total_ms"] = round(total_ms, 3)
-            await self._send_message(reply, binary)
-            self._emit(entry, rid, n_rows, inputs, outputs, "ok", received_wall,
-                       queue_ms=result.queue_ms, inference_ms=result.inference_ms, total_ms=total_ms,
-                       batch_size=result.batch_size)
-        finally:
-            events.in_flight_change(-1)
+                "total_ms": round(total_ms, 3),
+            },
+        }
+        return reply, "ok", outputs, {
+            "queue_ms": result.queue_ms, "inference_ms": result.inference_ms, "total_ms": total_ms,
+            "batch_size": result.batch_size,
+        }
 
     # -- replies and reports ------------------------------------------------------------
 

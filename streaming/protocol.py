@@ -150,6 +150,13 @@ def encode(message: dict[str, Any], binary: bool) -> tuple[str | None, bytes | N
     return orjson.dumps(message, default=_json_default).decode(), None
 
 
+def encode_bytes(message: dict[str, Any], binary: bool) -> bytes:
+    """Encode a reply the way its request was encoded, as the frame's payload (UTF-8 JSON or MessagePack)."""
+    if binary:
+        return msgpack.packb(message, use_bin_type=True, default=_json_default)
+    return orjson.dumps(message, default=_json_default)
+
+
 def error(code: str, message: str, rid: Any = None, **extra: Any) -> dict[str, Any]:
     err: dict[str, Any] = {"code": code, "message": message}
     err.update(extra)

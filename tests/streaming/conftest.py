@@ -15,6 +15,7 @@ from inference.schema import InputSchema
 from inference.service import InferenceService, ModelEntry, ModelInfo
 from streaming.models import APIKey
 
+
 @pytest.fixture(scope="session")
 def demo_snapshot(django_db_setup, django_db_blocker):
     """Train and register the demo models once; return the registry rows and a loaded pool."""

@@ -70,7 +70,8 @@ async def test_revoked_and_expired_keys_close_4401(service, api_key):
     expired = api_key("expired", expires_at=timezone.now() - timedelta(minutes=1))
     await database_sync_to_async(lambda: APIKey.objects.get(name="revoked").revoke())()
     for raw in (revoked, expired):
-        ws = WebsocketCommunicator(application, "/ws/v1/predict/", headers=[(b"authorization", f"Bearer {raw}".encode())])
+        headers = [(b"authorization", f"Bearer {raw}".encode())]
+        ws = WebsocketCommunicator(application, "/ws/v1/predict/", headers=headers)
         await ws.connect()
         assert await ws.receive_output(timeout=5) == {"type": "websocket.close", "code": 4401}
 
@@ -156,7 +157,7 @@ async def test_every_demo_model_answers_with_its_own_prediction(service, api_key
     assert reply["id"] == f"{name}-1"
     assert reply["model"] == name and reply["version"] == 1
     assert len(reply["outputs"]) == 5
-    for got, want in zip(reply["outputs"], expected):
+    for got, want in zip(reply["outputs"], expected, strict=False):
         if "label" in want:
             assert got["label"] == want["label"]
             assert got["probabilities"] == pytest.approx(want["probabilities"], rel=1e-6, abs=1e-9)
@@ -170,8 +171,8 @@ async def test_every_demo_model_answers_with_its_own_prediction(service, api_key
 
 
 async def test_sklearn_reply_equals_estimator_predict_proba(service, api_key):
-    from inference.registry import load_sklearn_estimator, verify_checksum
     from inference.models import ModelVersion
+    from inference.registry import load_sklearn_estimator, verify_checksum
 
     version = await database_sync_to_async(ModelVersion.objects.select_related("model").get)(model__name="iris")
     estimator = load_sklearn_estimator(verify_checksum(version))
@@ -181,14 +182,14 @@ async def test_sklearn_reply_equals_estimator_predict_proba(service, api_key):
         reply = await ws.receive_json_from()
     proba = estimator.predict_proba(np.asarray(rows))
     labels = estimator.predict(np.asarray(rows))
-    for got, p, label in zip(reply["outputs"], proba, labels):
+    for got, p, label in zip(reply["outputs"], proba, labels, strict=False):
         assert got["label"] == label
         assert [got["probabilities"][c] for c in estimator.classes_] == pytest.approx(p.tolist())
 
 
 async def test_named_feature_rows_in_any_order(service, api_key):
     features = service.entry("iris").schema.features
-    named = dict(zip(reversed(features), reversed(IRIS_ROW)))
+    named = dict(zip(reversed(features), reversed(IRIS_ROW), strict=False))
     async with connected("/ws/v1/predict/iris/", key=api_key()) as ws:
         await ws.send_json_to({"id": "list", "inputs": [IRIS_ROW]})
         await ws.send_json_to({"id": "named", "inputs": [named]})
