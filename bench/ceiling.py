@@ -21,6 +21,14 @@ With ``BENCH_CEILING_DB_CLEANUP=0`` the consumer skips what Channels'
 ``sync_to_async``, a round trip to a worker thread for every frame. A
 consumer that never touches the database on its hot path can skip it; the
 difference between the two ceilings is what that round trip costs.
+
+With ``BENCH_CEILING_DIRECT=1`` it also takes the two other shortcuts the
+platform's prediction consumer takes: it reads frames in its own loop rather
+than Channels' ``await_many_dispatch`` (no channel-layer subscription, no task
+and ``asyncio.wait`` per frame), and sends each reply at once through the
+platform server's ``platform.send_frame`` scope extension rather than the
+ASGI ``send`` coroutine. That is the fastest a bare responder gets on the
+platform's own transport, and so the strictest yardstick.
 """
 
 from __future__ import annotations
@@ -37,9 +45,12 @@ django.setup()
 import msgpack  # noqa: E402
 import orjson  # noqa: E402
 from channels.consumer import get_handler_name  # noqa: E402
+from channels.exceptions import StopConsumer  # noqa: E402
 from channels.generic.websocket import AsyncWebsocketConsumer  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.urls import re_path  # noqa: E402
+
+from platform_core.extensions import SEND_FRAME  # noqa: E402
 
 IRIS_INPUTS = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 DIGITS_INPUTS = [f"pixel_{i // 8}_{i % 8}" for i in range(64)]
@@ -75,6 +86,14 @@ class CeilingConsumer(AsyncWebsocketConsumer):
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         """Called for every frame: decode it, answer it with the fixed reply."""
+        binary, reply = self.reply(text_data, bytes_data)
+        if binary:
+            await self.send(bytes_data=msgpack.packb(reply, use_bin_type=True))
+        else:
+            await self.send(text_data=orjson.dumps(reply).decode())
+
+    @staticmethod
+    def reply(text_data: str | None, bytes_data: bytes | None) -> tuple[bool, dict[str, Any]]:
         binary = text_data is None
         body = msgpack.unpackb(bytes_data, raw=False) if text_data is None else orjson.loads(text_data)
         name = body.get("model")
@@ -96,10 +115,7 @@ class CeilingConsumer(AsyncWebsocketConsumer):
                 "batch_size": rows,
                 "timing": TIMING,
             }
-        if binary:
-            await self.send(bytes_data=msgpack.packb(reply, use_bin_type=True))
-        else:
-            await self.send(text_data=orjson.dumps(reply).decode())
+        return binary, reply
 
 
 class NoCleanupCeilingConsumer(CeilingConsumer):
@@ -111,7 +127,36 @@ class NoCleanupCeilingConsumer(CeilingConsumer):
         await handler(message)
 
 
-consumer = CeilingConsumer if os.environ.get("BENCH_CEILING_DB_CLEANUP", "1") != "0" else NoCleanupCeilingConsumer
+class DirectCeilingConsumer(NoCleanupCeilingConsumer):
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """Read messages in a loop of its own, as the platform's prediction consumer does."""
+        self.scope = scope
+        self.channel_layer = None
+        self.channel_name = None
+        self.base_send = send
+        extension = (scope.get("extensions") or {}).get(SEND_FRAME)
+        self.send_frame = extension.get("send") if isinstance(extension, dict) else None
+        try:
+            while True:
+                await self.dispatch(await receive())
+        except StopConsumer:
+            pass
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        """Called for every frame: the fixed reply, sent at once when the server offers it."""
+        if self.send_frame is None:
+            await super().receive(text_data, bytes_data)
+            return
+        binary, reply = self.reply(text_data, bytes_data)
+        self.send_frame(msgpack.packb(reply, use_bin_type=True) if binary else orjson.dumps(reply), binary)
+
+
+if os.environ.get("BENCH_CEILING_DIRECT", "0") == "1":
+    consumer: type[CeilingConsumer] = DirectCeilingConsumer
+elif os.environ.get("BENCH_CEILING_DB_CLEANUP", "1") != "0":
+    consumer = CeilingConsumer
+else:
+    consumer = NoCleanupCeilingConsumer
 application = ProtocolTypeRouter(
     {"websocket": URLRouter([re_path(r"^ws/v1/predict/", consumer.as_asgi())])}
 )

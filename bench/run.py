@@ -1,6 +1,6 @@
 """One whole comparison on this machine: the platform against the transport ceiling and the naive approach.
 
-``make bench`` runs it. It starts five servers, each on its own copy of one
+``make bench`` runs it. It starts six servers, each on its own copy of one
 prepared data directory (so every prediction log starts empty), all through
 ``python -m platform_core.server``:
 
@@ -8,7 +8,8 @@ prepared data directory (so every prediction log starts empty), all through
 2. ``platform-nomon``: the same with ``PLATFORM_MONITORING=0``, for what monitoring costs;
 3. ``ceiling``: ``bench.ceiling``, a bare Channels consumer with a fixed reply;
 4. ``ceiling-nocleanup``: the same without Channels' per-frame database cleanup;
-5. ``naive``: ``bench.naive``, the tutorial's consumer calling the model per message.
+5. ``ceiling-direct``: the same on the platform's transport path (own read loop, synchronous send);
+6. ``naive``: ``bench.naive``, the tutorial's consumer calling the model per message.
 
 All get the same loads, for the scikit-learn model ``iris`` and the Keras
 model ``digits``, with 1-row and 32-row requests:
@@ -60,6 +61,8 @@ SERVERS: list[tuple[str, str, dict[str, str]]] = [
     ("ceiling", "ceiling", {"PLATFORM_MONITORING": "0"}),
     # Maximum loads only: what Channels' per-frame database cleanup costs the ceiling.
     ("ceiling-nocleanup", "ceiling", {"PLATFORM_MONITORING": "0", "BENCH_CEILING_DB_CLEANUP": "0"}),
+    # Maximum loads only: the bare responder with every transport shortcut the platform takes.
+    ("ceiling-direct", "ceiling", {"PLATFORM_MONITORING": "0", "BENCH_CEILING_DIRECT": "1"}),
     ("naive", "naive", {"PLATFORM_MONITORING": "0"}),
 ]
 WORKLOADS: list[tuple[str, int]] = [("iris", 1), ("iris", 32), ("digits", 1), ("digits", 32)]
@@ -143,7 +146,7 @@ class Comparison:
                           flush=True)
             self.maximum(started)
             self.half_load([s for s in started if s.name in ("platform", "ceiling")])
-            self.sweep([s for s in started if s.name != "ceiling-nocleanup"])
+            self.sweep([s for s in started if s.name not in ("ceiling-nocleanup", "ceiling-direct")])
             platform = next((s for s in started if s.name == "platform"), None)
             if platform is not None and self.options.profile_s > 0:
                 for model, rows in self.options.profile_workloads:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import timedelta
 
 import msgpack
@@ -465,3 +466,46 @@ async def test_refused_requests_are_reported_with_the_model_version_they_resolve
     good = by_id["good"]
     assert (good.outcome, good.version) == ("ok", 1) and good.batch_size >= 1
     assert good.outputs[0]["label"] == "setosa" and good.total_ms >= good.inference_ms > 0
+
+
+# -- the platform server's synchronous send ---------------------------------------------
+
+
+async def test_predictions_go_out_through_the_send_frame_extension_when_the_server_offers_it(service, api_key):
+    from platform_core.extensions import SEND_FRAME
+
+    frames: list[tuple[bytes, bool]] = []
+
+    def send_frame(payload: bytes, binary: bool) -> bool:
+        frames.append((payload, binary))
+        return True
+
+    ws = WebsocketCommunicator(application, "/ws/v1/predict/iris/",
+                               headers=[(b"authorization", f"Bearer {api_key()}".encode())])
+    ws.scope["extensions"] = {SEND_FRAME: {"send": send_frame}}
+    ok, _ = await ws.connect()
+    assert ok
+    try:
+        assert (await ws.receive_json_from(timeout=5))["type"] == "ready"
+        await ws.send_json_to({"id": "json", "inputs": [IRIS_ROW]})
+        await ws.send_to(bytes_data=msgpack.packb({"id": "msgpack", "inputs": [IRIS_ROW, IRIS_ROW]}))
+        await ws.send_json_to({"id": "bad", "inputs": [[1.0]]})
+        # Errors found before a model call still take the ASGI send.
+        assert (await ws.receive_json_from(timeout=5))["error"]["code"] == "invalid_input"
+        for _ in range(100):
+            if len(frames) == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert await ws.receive_nothing(timeout=0.1)
+    finally:
+        await ws.disconnect()
+
+    by_id = {}
+    for payload, binary in frames:
+        reply = msgpack.unpackb(payload) if binary else json.loads(payload)
+        by_id[reply["id"]] = (reply, binary)
+    assert set(by_id) == {"json", "msgpack"}
+    assert by_id["json"][1] is False and by_id["msgpack"][1] is True
+    assert by_id["json"][0]["type"] == by_id["msgpack"][0]["type"] == "prediction"
+    assert len(by_id["msgpack"][0]["outputs"]) == 2
+    assert by_id["json"][0]["outputs"][0] == by_id["msgpack"][0]["outputs"][0]
