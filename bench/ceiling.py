@@ -45,12 +45,11 @@ django.setup()
 import msgpack  # noqa: E402
 import orjson  # noqa: E402
 from channels.consumer import get_handler_name  # noqa: E402
-from channels.exceptions import StopConsumer  # noqa: E402
 from channels.generic.websocket import AsyncWebsocketConsumer  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.urls import re_path  # noqa: E402
 
-from platform_core.extensions import SEND_FRAME  # noqa: E402
+from streaming.transport import DirectReadLoop, frame_sender  # noqa: E402
 
 IRIS_INPUTS = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 DIGITS_INPUTS = [f"pixel_{i // 8}_{i % 8}" for i in range(64)]
@@ -127,20 +126,12 @@ class NoCleanupCeilingConsumer(CeilingConsumer):
         await handler(message)
 
 
-class DirectCeilingConsumer(NoCleanupCeilingConsumer):
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        """Read messages in a loop of its own, as the platform's prediction consumer does."""
-        self.scope = scope
-        self.channel_layer = None
-        self.channel_name = None
-        self.base_send = send
-        extension = (scope.get("extensions") or {}).get(SEND_FRAME)
-        self.send_frame = extension.get("send") if isinstance(extension, dict) else None
-        try:
-            while True:
-                await self.dispatch(await receive())
-        except StopConsumer:
-            pass
+class DirectCeilingConsumer(DirectReadLoop, NoCleanupCeilingConsumer):
+    """Reads frames in its own loop and sends through ``platform.send_frame``, as the platform's consumer does."""
+
+    async def connect(self) -> None:
+        self.send_frame = frame_sender(self.scope)
+        await super().connect()
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         """Called for every frame: the fixed reply, sent at once when the server offers it."""

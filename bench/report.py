@@ -17,7 +17,8 @@ SERVER_LABELS = {
     "naive": "naive (predict per message)",
 }
 SERVER_ORDER = ["ceiling", "ceiling-nocleanup", "ceiling-direct", "platform", "platform-nomon", "naive"]
-CEILINGS = ("ceiling", "ceiling-nocleanup", "ceiling-direct")
+#: The bare Channels consumers the ceiling target is judged against (the issue's "bare Channels consumer").
+CEILINGS = ("ceiling", "ceiling-nocleanup")
 
 # The issue's targets.
 CEILING_SHARE_MIN = 0.80
@@ -43,12 +44,12 @@ def workloads(results: dict[str, Any]) -> list[str]:
 
 
 def transport_ceiling(results: dict[str, Any], workload: str) -> dict[str, Any] | None:
-    """The fastest of the bare consumers: stock, without Channels' per-frame database cleanup, and direct.
+    """The faster of the two bare Channels consumers: stock, and without the per-frame database cleanup.
 
-    The platform's consumer skips that cleanup, reads frames in its own loop
-    and sends through the server's synchronous send; a bare consumer without
-    those shortcuts would flatter it, so the transport ceiling is what the
-    fastest bare consumer reaches.
+    The platform's consumer skips that cleanup, so the stock consumer alone
+    would flatter it. ``ceiling-direct`` is not a Channels consumer any more
+    (it bypasses Channels' read loop and the ASGI send): it is reported next
+    to the target, as the strictest yardstick, but not judged.
     """
     candidates = [run for name in CEILINGS if (run := find(results, name, "max", workload))]
     return max(candidates, key=lambda run: run["requests_per_s"]) if candidates else None
@@ -80,6 +81,14 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 f"{abs(share - CEILING_SHARE_MIN) * 100:.1f} points",
                 f"{share:.0%} ({platform['requests_per_s']:.0f} vs {ceiling['requests_per_s']:.0f} req/s, "
                 f"{SERVER_LABELS[ceiling['server']]})")
+        direct = find(results, "ceiling-direct", "max", workload)
+        if platform and direct and direct["requests_per_s"]:
+            share = platform["requests_per_s"] / direct["requests_per_s"]
+            passed = share >= CEILING_SHARE_MIN
+            add("(strictest reading) single-row req/s >= 80% of a bare responder on the platform's transport path",
+                workload, share, CEILING_SHARE_MIN, passed, f"{abs(share - CEILING_SHARE_MIN) * 100:.1f} points",
+                f"{share:.0%} ({platform['requests_per_s']:.0f} vs {direct['requests_per_s']:.0f} req/s, "
+                f"{SERVER_LABELS['ceiling-direct']})")
     if log is not None:
         add("every prediction logged (platform)", "all loads", log["missing"] + log["duplicates"] + log["unexpected"],
             0, log["exact"],
@@ -167,6 +176,7 @@ def comparison_table(results: dict[str, Any]) -> str:
         ceiling = transport_ceiling(results, workload)
         ceiling_rps = ceiling["requests_per_s"] if ceiling else None
         share = rps["platform"] / ceiling_rps if rps["platform"] and ceiling_rps else None
+        direct_share = rps["platform"] / rps["ceiling-direct"] if rps["platform"] and rps["ceiling-direct"] else None
         cost = 1 - rps["platform"] / rps["platform-nomon"] if rps["platform"] and rps["platform-nomon"] else None
         speedup = rps["platform"] / rps["naive"] if rps["platform"] and rps["naive"] else None
         half = find(results, "platform", "half", workload)
@@ -176,6 +186,7 @@ def comparison_table(results: dict[str, Any]) -> str:
             f"{_n(rps['ceiling'])} / {_n(rps['ceiling-nocleanup'])} / {_n(rps['ceiling-direct'])}",
             _n(rps["platform"]) + (f" ({_n(platform['rows_per_s'])} rows/s)" if platform else ""),
             "-" if share is None else f"{share:.0%}",
+            "-" if direct_share is None else f"{direct_share:.0%}",
             _n(rps["platform-nomon"]),
             "-" if cost is None else f"{cost:+.1%}",
             _n(rps["naive"], 1),
@@ -184,7 +195,7 @@ def comparison_table(results: dict[str, Any]) -> str:
         ])
     return _table(
         ["workload", "ceiling req/s (stock consumer / no per-frame DB cleanup / direct)", "platform req/s",
-         "platform ÷ fastest ceiling", "platform, monitoring off",
+         "platform ÷ faster Channels ceiling", "platform ÷ direct ceiling", "platform, monitoring off",
          "monitoring cost", "naive req/s", "platform ÷ naive", "platform p99 at half load (ms)"],
         rows,
     )

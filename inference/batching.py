@@ -43,6 +43,8 @@ class BatchResult:
     batch_size: int
     queue_ms: float
     inference_ms: float
+    #: Every value of the whole batch's output is a finite number (checked once per batch).
+    all_finite: bool = False
 
 
 @dataclass(slots=True)
@@ -270,6 +272,9 @@ class DynamicBatcher:
         finished = time.perf_counter()
         inference_ms = (finished - started) * 1000.0
         self._batch_ms_ewma = 0.8 * self._batch_ms_ewma + 0.2 * inference_ms
+        # One check for the batch spares each request its own; where it fails,
+        # each request's slice is checked on its own and only the bad ones fail.
+        all_finite = outputs.dtype.kind not in "fc" or bool(np.isfinite(outputs).all())
         offset = 0
         for pending in batch:
             n = pending.rows.shape[0]
@@ -280,6 +285,7 @@ class DynamicBatcher:
                         batch_size=total,
                         queue_ms=(started - pending.enqueued_at) * 1000.0,
                         inference_ms=inference_ms,
+                        all_finite=all_finite,
                     )
                 )
             offset += n

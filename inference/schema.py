@@ -64,7 +64,9 @@ class InputSchema:
             array = np.array(ordered, dtype=np.float64)
         except OverflowError:
             self._raise_first_non_finite(ordered)
-        if not np.isfinite(array).all():
+        # A NaN or an infinity makes the sum non-finite; a finite sum proves
+        # every value finite. A sum that overflows gets the exact check.
+        if not math.isfinite(array.sum()) and not np.isfinite(array).all():
             self._raise_first_non_finite(ordered)
         return array
 

@@ -43,9 +43,12 @@ class ModelEntry:
     def ready(self) -> bool:
         return self.batcher is not None
 
-    def format_outputs(self, outputs: np.ndarray) -> list[dict[str, Any]]:
-        """Turn a request's slice of the model's output into the protocol's output rows."""
-        if outputs.dtype.kind == "f" and not np.isfinite(outputs).all():
+    def format_outputs(self, outputs: np.ndarray, *, known_finite: bool = False) -> list[dict[str, Any]]:
+        """Turn a request's slice of the model's output into the protocol's output rows.
+
+        ``known_finite``: the caller already checked that every value is a finite number.
+        """
+        if not known_finite and outputs.dtype.kind == "f" and not np.isfinite(outputs).all():
             raise ModelCallFailed(f"The model {self.name} produced a value that is not a finite number.")
         if self.task == "classification" and self.classes is not None and outputs.ndim == 2:
             classes = self.classes

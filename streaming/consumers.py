@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
@@ -26,11 +25,11 @@ from inference.exceptions import InferenceError, ModelCallFailed, Overloaded
 from inference.service import InferenceService, ModelEntry, get_service
 from monitoring import events
 from monitoring.events import PredictionEvent
-from platform_core.extensions import SEND_FRAME
 
 from . import protocol
 from .auth import ANONYMOUS, Client, authenticate, bearer_token, rate_limits
 from .protocol import ProtocolError
+from .transport import DirectReadLoop, frame_sender
 
 logger = logging.getLogger(__name__)
 
@@ -67,30 +66,11 @@ class _Request:
     received_wall: float
 
 
-class PredictConsumer(AsyncWebsocketConsumer):
+class PredictConsumer(DirectReadLoop, AsyncWebsocketConsumer):
     """``/ws/v1/predict/`` and ``/ws/v1/predict/<model>/``."""
 
     client: Client | None
     service: InferenceService
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        """Serve one connection: read its messages one after another and handle each.
-
-        Channels' own loop also subscribes every consumer to the channel layer
-        and, for every frame, starts a task for the next ``receive`` and waits
-        on it and the layer together. Nothing is ever sent to a prediction
-        connection through the layer, and that wait costs more per frame than
-        the model call of a small request, so this loop reads frames only.
-        """
-        self.scope = scope
-        self.channel_layer = None
-        self.channel_name = None
-        self.base_send = send
-        try:
-            while True:
-                await self.dispatch(await receive())
-        except StopConsumer:
-            pass
 
     async def connect(self) -> None:
         """Called when a WebSocket handshake arrives (the Origin was already checked)."""
@@ -99,8 +79,7 @@ class PredictConsumer(AsyncWebsocketConsumer):
         self.default_model: str | None = self.scope["url_route"]["kwargs"].get("model")
         #: Futures of requests waiting for their batch, and replies being sent.
         self.in_flight: set[asyncio.Future[Any]] = set()
-        send_frame = (self.scope.get("extensions") or {}).get(SEND_FRAME)
-        self._send_frame = send_frame.get("send") if isinstance(send_frame, dict) else None
+        self._send_frame = frame_sender(self.scope)
         self._frames_seen = 0
         self._closed = asyncio.Event()
         self._auth_timer: asyncio.TimerHandle | None = None
@@ -317,7 +296,7 @@ class PredictConsumer(AsyncWebsocketConsumer):
         entry = request.entry
         try:
             result = future.result()
-            outputs = entry.format_outputs(result.outputs)
+            outputs = entry.format_outputs(result.outputs, known_finite=result.all_finite)
         except Exception as exc:
             if not isinstance(exc, InferenceError):
                 logger.error("Request %r to %s v%s failed", request.rid, entry.name, entry.version, exc_info=exc)

@@ -548,3 +548,24 @@ async def test_a_batcher_left_over_from_a_loop_that_still_exists_serves_this_one
         # Let the earlier loop process the cancellation of its worker before closing it.
         await asyncio.to_thread(other.run_until_complete, asyncio.sleep(0.01))
         other.close()
+
+
+async def test_results_say_whether_their_whole_batch_came_back_finite():
+    def nan_for_negatives(rows: np.ndarray) -> np.ndarray:
+        return np.where(rows[:, 0] >= 0, rows[:, 0], np.nan)
+
+    with ThreadPoolExecutor(max_workers=1) as executor:
+        batcher = DynamicBatcher(nan_for_negatives, executor=executor, max_batch_size=8, max_delay_ms=50,
+                                 queue_capacity=16)
+        good, bad = await asyncio.gather(
+            batcher.submit(np.array([[1.0, 0.0, 0.0]]), timeout_s=5),
+            batcher.submit(np.array([[-1.0, 0.0, 0.0]]), timeout_s=5),
+        )
+        alone = await batcher.submit(np.array([[2.0, 0.0, 0.0]]), timeout_s=5)
+        await batcher.close()
+
+    assert good.batch_size == bad.batch_size == 2
+    # A NaN anywhere in the batch: every request of it is checked on its own.
+    assert not good.all_finite and not bad.all_finite
+    assert good.outputs.tolist() == [1.0] and np.isnan(bad.outputs).all()
+    assert alone.batch_size == 1 and alone.all_finite

@@ -166,3 +166,8 @@ def test_the_first_non_finite_value_is_the_one_reported(schema):
         schema.to_array([[1, 2, 3, 4], [1, 2, 3, 10**400], [float("nan"), 2, 3, 4]], max_rows=10)
 
     assert str(excinfo.value) == "row 1: feature 'petal_width' is not a finite number."
+
+
+def test_finite_values_whose_sum_overflows_are_accepted(schema):
+    array = schema.to_array([[1e308, 1e308, 1e308, -1e308]], max_rows=10)
+    assert array.tolist() == [[1e308, 1e308, 1e308, -1e308]]

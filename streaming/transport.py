@@ -1,0 +1,45 @@
+"""The prediction stream's transport shortcuts, for any Channels WebSocket consumer.
+
+- ``DirectReadLoop``: a consumer ``__call__`` that reads the connection's
+  messages in a loop of its own. Channels' own loop also subscribes every
+  consumer to the channel layer and, for every frame, starts a task for the
+  next ``receive`` and waits on it and the layer together; a consumer that is
+  never sent anything through the layer can skip that wait, which costs more
+  per frame than the model call of a small request.
+- ``frame_sender``: the platform server's synchronous frame send (the
+  ``platform.send_frame`` scope extension of ``platform_core.server``), which
+  writes a reply at once from a plain callback, without a task and an awaited
+  ASGI ``send``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from channels.exceptions import StopConsumer
+
+from platform_core.extensions import SEND_FRAME
+
+FrameSender = Callable[[bytes, bool], bool]
+
+
+class DirectReadLoop:
+    """Mixin for a Channels consumer: handle each message as it is read, with no channel layer."""
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        self.scope = scope
+        self.channel_layer = None
+        self.channel_name = None
+        self.base_send = send
+        try:
+            while True:
+                await self.dispatch(await receive())  # type: ignore[attr-defined]
+        except StopConsumer:
+            pass
+
+
+def frame_sender(scope: dict[str, Any]) -> FrameSender | None:
+    """``send(payload, binary)`` where the server offers ``platform.send_frame``, else None (use ASGI send)."""
+    extension = (scope.get("extensions") or {}).get(SEND_FRAME)
+    return extension.get("send") if isinstance(extension, dict) else None
