@@ -435,9 +435,8 @@ class PredictionLog:
         # Written by the event loop, read by the threads (deque appends and
         # pops are atomic).
         self._buffer: deque[Row] = deque()
-        # Record ids: a random per-log prefix and a counter, 128 bits in all.
-        # They are given when an event leaves the buffer, once, by whichever
-        # thread takes it; the sink only appends.
+        # Record ids: a random per-log prefix and a counter, 128 bits in all,
+        # given once by the sink as the event's row enters the buffer.
         self._seq = itertools.count()
         self._id_prefix = os.urandom(8).hex()
         self._dropped = 0
@@ -779,7 +778,7 @@ class PredictionLog:
         count = 0
         # The driver's own cursor, with the driver's placeholders: Django's
         # cursor wrappers rewrite and time every statement, which for a
-        # statement of 1,500 parameters costs more than building its rows.
+        # statement of thousands of parameters costs more than building its rows.
         # Errors are still turned into Django's (IntegrityError, DataError, ...).
         with (
             transaction.atomic(using=self.using),
