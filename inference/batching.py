@@ -274,7 +274,7 @@ class DynamicBatcher:
         self._batch_ms_ewma = 0.8 * self._batch_ms_ewma + 0.2 * inference_ms
         # One check for the batch spares each request its own; where it fails,
         # each request's slice is checked on its own and only the bad ones fail.
-        all_finite = outputs.dtype.kind not in "fc" or bool(np.isfinite(outputs).all())
+        all_finite = outputs.dtype.kind != "f" or bool(np.isfinite(outputs).all())
         offset = 0
         for pending in batch:
             n = pending.rows.shape[0]

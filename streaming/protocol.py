@@ -145,9 +145,8 @@ def _json_default(value: Any) -> Any:
 
 def encode(message: dict[str, Any], binary: bool) -> tuple[str | None, bytes | None]:
     """Encode a reply the way its request was encoded: (text, None) or (None, bytes)."""
-    if binary:
-        return None, msgpack.packb(message, use_bin_type=True, default=_json_default)
-    return orjson.dumps(message, default=_json_default).decode(), None
+    payload = encode_bytes(message, binary)
+    return (None, payload) if binary else (payload.decode(), None)
 
 
 def encode_bytes(message: dict[str, Any], binary: bool) -> bytes:

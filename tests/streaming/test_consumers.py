@@ -158,7 +158,7 @@ async def test_every_demo_model_answers_with_its_own_prediction(service, api_key
     assert reply["id"] == f"{name}-1"
     assert reply["model"] == name and reply["version"] == 1
     assert len(reply["outputs"]) == 5
-    for got, want in zip(reply["outputs"], expected, strict=False):
+    for got, want in zip(reply["outputs"], expected, strict=True):
         if "label" in want:
             assert got["label"] == want["label"]
             assert got["probabilities"] == pytest.approx(want["probabilities"], rel=1e-6, abs=1e-9)
@@ -183,14 +183,14 @@ async def test_sklearn_reply_equals_estimator_predict_proba(service, api_key):
         reply = await ws.receive_json_from()
     proba = estimator.predict_proba(np.asarray(rows))
     labels = estimator.predict(np.asarray(rows))
-    for got, p, label in zip(reply["outputs"], proba, labels, strict=False):
+    for got, p, label in zip(reply["outputs"], proba, labels, strict=True):
         assert got["label"] == label
         assert [got["probabilities"][c] for c in estimator.classes_] == pytest.approx(p.tolist())
 
 
 async def test_named_feature_rows_in_any_order(service, api_key):
     features = service.entry("iris").schema.features
-    named = dict(zip(reversed(features), reversed(IRIS_ROW), strict=False))
+    named = dict(zip(reversed(features), reversed(IRIS_ROW), strict=True))
     async with connected("/ws/v1/predict/iris/", key=api_key()) as ws:
         await ws.send_json_to({"id": "list", "inputs": [IRIS_ROW]})
         await ws.send_json_to({"id": "named", "inputs": [named]})

@@ -83,7 +83,7 @@ async def test_every_demo_model_answers_like_the_model_itself(server, keys, demo
     assert reply["type"] == "prediction" and reply["id"] == name, reply
     expected, classes = await asyncio.to_thread(local_model_outputs, server, demo_data, name, rows)
     if classes:
-        for got, probs in zip(reply["outputs"], expected, strict=False):
+        for got, probs in zip(reply["outputs"], expected, strict=True):
             assert got["label"] == classes[int(np.argmax(probs))]
             assert [got["probabilities"][c] for c in classes] == pytest.approx(probs.tolist(), rel=1e-5, abs=1e-7)
     else:
