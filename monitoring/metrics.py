@@ -19,12 +19,15 @@ processes of one deployment only.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import logging
 import os
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from django.core.exceptions import ImproperlyConfigured
 from prometheus_client import (
     Counter,
@@ -139,20 +142,88 @@ LOG_WRITE_ERRORS = Counter(
 # -- labelled children, looked up once ------------------------------------------------
 #
 # ``labels()`` costs more than the observation itself, so each label
-# combination's children are found once and kept, as bound methods, in a dict
-# keyed by what the event carries. Only events whose model and version this
-# process serves are kept under their own key; anything else is mapped to the
-# bounded labels on every call, so a client sending made-up names can grow
-# neither the Prometheus series nor these dicts.
+# combination's children are found once and kept in a dict keyed by what the
+# event carries. Only events whose model and version this process serves are
+# kept under their own key; anything else is mapped to the bounded labels on
+# every call, so a client sending made-up names can grow neither the
+# Prometheus series nor these dicts.
+#
+# Per-request observations are not handed to prometheus_client one by one
+# (each ``inc`` and ``observe`` takes a lock, and in multiprocess mode writes
+# a memory-mapped file): the sink appends the latencies to plain lists and
+# :func:`flush` adds them up in bulk, one ``inc`` per histogram bucket, at
+# least every ``FLUSH_INTERVAL_S``, every ``FLUSH_EVERY`` requests, and
+# before every scrape (:func:`refresh`).
 
-Observe = Callable[[float], None]
-Count = Callable[[], None]
-RequestSeries = tuple[Count, Observe, Observe, Count | None]
-BatchSeries = tuple[Observe, Observe, Callable[[float], None], Callable[[float], None]]
+#: Per-request observations wait at most this long, or this many requests, for :func:`flush`.
+FLUSH_INTERVAL_S = 1.0
+FLUSH_EVERY = 4096
+
+
+class RequestSeries:
+    """The children of one (model, version, outcome) label set, and what waits to be added to them."""
+
+    __slots__ = ("requests", "errors", "duration", "queue_wait", "count", "durations_ms", "queue_waits_ms")
+
+    def __init__(self, model: str, version: str, outcome: str) -> None:
+        self.requests = REQUESTS.labels(model, version, outcome)
+        self.errors = ERRORS.labels(model, version, outcome) if outcome != "ok" else None
+        self.duration = REQUEST_DURATION.labels(model, version, outcome)
+        self.queue_wait = QUEUE_WAIT.labels(model, version)
+        self.count = 0
+        self.durations_ms: list[float] = []
+        self.queue_waits_ms: list[float] = []
+
+    def flush(self) -> None:
+        count, self.count = self.count, 0
+        durations, self.durations_ms = self.durations_ms, []
+        waits, self.queue_waits_ms = self.queue_waits_ms, []
+        if count:
+            self.requests.inc(count)
+            if self.errors is not None:
+                self.errors.inc(count)
+        if durations:
+            observe_many(self.duration, durations, 0.001)
+        if waits:
+            observe_many(self.queue_wait, waits, 0.001)
+
+
+def observe_many(histogram: Histogram, amounts: list[float], scale: float = 1.0) -> None:
+    """``histogram.observe(amount * scale)`` for every amount, with one ``inc`` per bucket that moved.
+
+    prometheus_client keeps a histogram child's buckets uncumulated, one
+    value per upper bound, and its sum in another: the same values its
+    ``observe`` moves (``tests/monitoring/test_metrics.py`` checks that both
+    ways give the same exposition).
+    """
+    values_s = np.asarray(amounts, dtype=np.float64) * scale
+    bounds = histogram._upper_bounds
+    # Prometheus buckets are "less than or equal": the first bound >= the value.
+    counts = np.bincount(np.searchsorted(bounds, values_s, side="left"), minlength=len(bounds))
+    histogram._sum.inc(float(values_s.sum()))
+    buckets = histogram._buckets
+    for index in np.flatnonzero(counts).tolist():
+        buckets[index].inc(int(counts[index]))
+
+
+BatchSeries = tuple[Callable[[float], None], Callable[[float], None], Callable[[float], None],
+                    Callable[[float], None]]
 
 _request_series: dict[tuple[Any, Any, str], RequestSeries] = {}
 _request_series_by_labels: dict[tuple[str, str, str], RequestSeries] = {}
 _batch_series: dict[tuple[str, str], BatchSeries] = {}
+
+
+class _Pending:
+    """Requests observed since the last flush, and the loop whose timer will flush them."""
+
+    requests = 0
+    in_flight = 0
+    loop: asyncio.AbstractEventLoop | None = None
+    timer: asyncio.TimerHandle | None = None
+
+
+_pending = _Pending()
 
 
 def _service() -> Any:
@@ -178,14 +249,7 @@ def _new_request_series(model: str, version: str, outcome: str) -> RequestSeries
     key = (model, version, outcome)
     series = _request_series_by_labels.get(key)
     if series is None:
-        errors = ERRORS.labels(model, version, outcome).inc if outcome != "ok" else None
-        series = (
-            REQUESTS.labels(model, version, outcome).inc,
-            REQUEST_DURATION.labels(model, version, outcome).observe,
-            QUEUE_WAIT.labels(model, version).observe,
-            errors,
-        )
-        _request_series_by_labels[key] = series
+        series = _request_series_by_labels[key] = RequestSeries(model, version, outcome)
     return series
 
 
@@ -218,18 +282,60 @@ def _batch_series_for(model: str, version: int) -> BatchSeries:
 
 
 def observe_prediction(event: events.PredictionEvent) -> None:
-    """Called on the event loop for every answered request."""
+    """Called on the event loop for every answered request: remembers it for the next :func:`flush`."""
     series = _request_series.get((event.model, event.version, event.outcome))
     if series is None:
         series = _request_series_for(event.model, event.version, event.outcome)
-    count, observe_duration, observe_queue_wait, count_error = series
-    count()
+    series.count += 1
     if event.total_ms is not None:
-        observe_duration(event.total_ms * 0.001)
+        series.durations_ms.append(event.total_ms)
     if event.queue_ms is not None:
-        observe_queue_wait(event.queue_ms * 0.001)
-    if count_error is not None:
-        count_error()
+        series.queue_waits_ms.append(event.queue_ms)
+    pending = _pending
+    pending.requests += 1
+    if pending.timer is None or pending.requests >= FLUSH_EVERY:
+        _schedule_flush()
+
+
+def observe_in_flight(delta: int) -> None:
+    """Called on the event loop when a request is accepted (+1) and answered (-1)."""
+    _pending.in_flight += delta
+
+
+def _schedule_flush() -> None:
+    pending = _pending
+    if pending.requests >= FLUSH_EVERY:
+        flush()
+        return
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # called outside an event loop (a script, a test): nothing will come back later
+        flush()
+        return
+    pending.loop = loop
+    pending.timer = loop.call_later(FLUSH_INTERVAL_S, _flush_on_timer)
+
+
+def _flush_on_timer() -> None:
+    _pending.timer = None
+    flush()
+
+
+def flush() -> None:
+    """Hand every per-request observation waiting in this process to prometheus_client.
+
+    Runs on the thread that observes (the event loop's, when there is one);
+    :func:`refresh` gets it there from any other.
+    """
+    pending = _pending
+    pending.requests = 0
+    if pending.timer is not None:
+        pending.timer.cancel()
+        pending.timer = None
+    for series in list(_request_series_by_labels.values()):
+        if series.count or series.durations_ms or series.queue_waits_ms:
+            series.flush()
+    REQUESTS_IN_FLIGHT.set(pending.in_flight)
 
 
 def observe_batch(model: str, version: int, stats: BatchStats) -> None:
@@ -257,15 +363,44 @@ def _queue_depth(model: str, version: int) -> int:
 
 
 def refresh() -> None:
-    """Bring the sampled gauges of this process up to date; called before each scrape.
+    """Bring this process's metrics up to date; called before each scrape, from any thread.
 
-    In multiprocess mode the other processes' queue depths stay as of their
-    last model call, which is current enough: a queue that holds requests is
-    being worked on.
+    The observations waiting for :func:`flush` are flushed on the event loop
+    that made them. In multiprocess mode the other processes' values are as
+    of their last flush (at most ``FLUSH_INTERVAL_S`` old), and their queue
+    depths as of their last model call, which is current enough: a queue that
+    holds requests is being worked on.
     """
+    _flush_where_observed()
     for entry in _service().entries():
         if entry.batcher is not None:
             _batch_series_for(entry.name, entry.version)[3](entry.batcher.queue_depth)
+
+
+def _flush_where_observed(timeout_s: float = 1.0) -> None:
+    loop = _pending.loop
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if loop is None or loop is running or loop.is_closed() or not loop.is_running():
+        flush()
+        return
+    done = threading.Event()
+
+    def flush_there() -> None:
+        try:
+            flush()
+        finally:
+            done.set()
+
+    try:
+        loop.call_soon_threadsafe(flush_there)
+    except RuntimeError:  # the loop closed meanwhile
+        flush()
+        return
+    if not done.wait(timeout_s):
+        logger.warning("The event loop did not flush the request metrics within %.1f s", timeout_s)
 
 
 # -- installation ----------------------------------------------------------------------
@@ -298,6 +433,11 @@ def mark_process_dead() -> None:
         multiprocess.mark_process_dead(os.getpid(), path)
 
 
+async def _flush_on_shutdown() -> None:
+    """Called when the server shuts down, after the connections were drained."""
+    flush()
+
+
 async def _mark_process_dead_on_shutdown() -> None:
     """Called when the server shuts down, after the connections were drained."""
     mark_process_dead()
@@ -316,11 +456,12 @@ def install() -> None:
     disable_created_metrics()
     events.on_prediction(observe_prediction)
     events.on_batch(observe_batch)
-    events.on_in_flight_change(REQUESTS_IN_FLIGHT.inc)
+    events.on_in_flight_change(observe_in_flight)
     events.on_connection_change(WEBSOCKET_CONNECTIONS.inc)
-    if multiprocess_dir() is not None:
-        from platform_core.lifecycle import on_shutdown
+    from platform_core.lifecycle import on_shutdown
 
+    on_shutdown(_flush_on_shutdown, order=80)
+    if multiprocess_dir() is not None:
         on_shutdown(_mark_process_dead_on_shutdown, order=90)
         # Also for processes that never run the shutdown hooks (manage.py
         # commands, a server stopped without its signal handlers).

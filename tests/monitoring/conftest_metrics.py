@@ -49,6 +49,7 @@ def served_models(monkeypatch: pytest.MonkeyPatch) -> InferenceService:
                   {1: fake_entry("iris", 1, features), 2: fake_entry("iris", 2, features)}),
         ModelInfo("wine", "regression", features, "value", 1, {1: fake_entry("wine", 1, features)}),
     )
+    metrics.flush()
     monkeypatch.setattr(metrics, "_request_series", {})
     monkeypatch.setattr(metrics, "_request_series_by_labels", {})
     monkeypatch.setattr(metrics, "_batch_series", {})

@@ -20,6 +20,8 @@ pytestmark = pytest.mark.usefixtures("served_models", "metric_sinks_only")
 
 
 def sample(name: str, **labels: str) -> float:
+    """A sample's value as a scrape would see it: the observations waiting in memory are flushed first."""
+    metrics.refresh()
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
@@ -60,7 +62,7 @@ IRIS_1 = {"model": "iris", "version": "1"}
 def test_the_app_registers_the_sinks():
     assert metrics.observe_prediction in events._prediction_sinks
     assert metrics.observe_batch in events._batch_sinks
-    assert metrics.REQUESTS_IN_FLIGHT.inc in events._in_flight_sinks
+    assert metrics.observe_in_flight in events._in_flight_sinks
     assert metrics.WEBSOCKET_CONNECTIONS.inc in events._connection_sinks
 
 
@@ -136,6 +138,7 @@ def test_after_the_first_event_the_hot_path_looks_up_no_labels(monkeypatch):
     events.prediction(prediction())
     events.prediction(prediction(outcome="overloaded"))
     events.batch("iris", 1, BatchStats(rows=4, requests=2, inference_ms=0.2, failed=False))
+    metrics.refresh()  # a scrape: the queue-depth series of every served version
 
     def no_lookup(*args, **kwargs):
         raise AssertionError("labels() was called on the hot path")
@@ -189,6 +192,86 @@ def test_connections_and_requests_in_flight_follow_the_events():
     events.connection_change(-1)
     for _ in range(4):
         events.in_flight_change(-1)
+
+
+# -- observations flushed in bulk ---------------------------------------------------------
+
+
+def test_bulk_observations_expose_exactly_what_one_observe_each_would():
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    amounts_ms = [0.0, 0.5, 0.50001, 1.0, 1.5, 2.0, 4.999, 5.0, 5.001, 99.0, 250.0, 4999.0, 5000.0, 5001.0, 1e9]
+    amounts_ms += list(np.random.default_rng(7).exponential(20.0, 5000))
+    one_by_one, in_bulk = CollectorRegistry(), CollectorRegistry()
+    kwargs = {"buckets": metrics.LATENCY_BUCKETS_S, "labelnames": ["model"]}
+    each = Histogram("latency_seconds", "x", registry=one_by_one, **kwargs).labels("m")
+    bulk = Histogram("latency_seconds", "x", registry=in_bulk, **kwargs).labels("m")
+    for amount in amounts_ms:
+        each.observe(amount * 0.001)
+    metrics.observe_many(bulk, amounts_ms, 0.001)
+
+    def exposition(registry):
+        lines = generate_latest(registry).decode().splitlines()
+        return [line for line in lines if "_sum" not in line], next(
+            float(line.split()[-1]) for line in lines if line.startswith("latency_seconds_sum"))
+
+    (each_lines, each_sum), (bulk_lines, bulk_sum) = exposition(one_by_one), exposition(in_bulk)
+    assert bulk_lines == each_lines
+    assert 'latency_seconds_count{model="m"} 5015.0' in bulk_lines
+    assert bulk_sum == pytest.approx(each_sum, rel=1e-12)
+
+
+async def test_observations_wait_in_memory_until_a_flush():
+    with Delta(("platform_requests_total", IRIS_1_OK),) as delta:
+        events.prediction(prediction())
+        events.prediction(prediction())
+        assert REGISTRY.get_sample_value("platform_requests_total", IRIS_1_OK) == delta.before[0]
+    assert delta.changes == [2]  # sample() flushes, as a scrape does
+
+
+async def test_the_event_loop_flushes_within_the_interval(monkeypatch):
+    import asyncio
+
+    monkeypatch.setattr(metrics, "FLUSH_INTERVAL_S", 0.05)
+    metrics.flush()
+    before = REGISTRY.get_sample_value("platform_requests_total", IRIS_1_OK) or 0.0
+    events.prediction(prediction())
+    assert (REGISTRY.get_sample_value("platform_requests_total", IRIS_1_OK) or 0.0) == before
+    await asyncio.sleep(0.2)
+    assert REGISTRY.get_sample_value("platform_requests_total", IRIS_1_OK) == before + 1
+
+
+async def test_every_flush_every_requests_are_flushed_at_once(monkeypatch):
+    monkeypatch.setattr(metrics, "FLUSH_EVERY", 10)
+    metrics.flush()
+    before = REGISTRY.get_sample_value("platform_requests_total", IRIS_1_OK) or 0.0
+    for _ in range(10):
+        events.prediction(prediction())
+    assert REGISTRY.get_sample_value("platform_requests_total", IRIS_1_OK) == before + 10
+
+
+async def test_a_scrape_from_another_thread_flushes_on_the_event_loop():
+    import asyncio
+
+    metrics.flush()
+    before = REGISTRY.get_sample_value("platform_requests_total", IRIS_1_OK) or 0.0
+    events.prediction(prediction())
+    flushed_on: list[str] = []
+    real_flush = metrics.flush
+
+    def recording_flush() -> None:
+        import threading
+
+        flushed_on.append(threading.current_thread().name)
+        real_flush()
+
+    metrics.flush = recording_flush
+    try:
+        await asyncio.to_thread(metrics.refresh)
+    finally:
+        metrics.flush = real_flush
+    assert flushed_on == ["MainThread"]
+    assert REGISTRY.get_sample_value("platform_requests_total", IRIS_1_OK) == before + 1
 
 
 # -- the view ----------------------------------------------------------------------------

@@ -9,6 +9,17 @@ from tests.monitoring.conftest_metrics import idle_connection, predictions, prom
 IRIS_1_OK = {"model": "iris", "version": "1", "outcome": "ok"}
 
 
+async def scrape_when_flushed(server, requests: int) -> str:
+    """A scrape once the other process has flushed its counts (each does at least once a second)."""
+    deadline = asyncio.get_running_loop().time() + 5.0
+    while True:
+        exposition = await asyncio.to_thread(scrape, server)
+        seen = value(exposition, "platform_requests_total", **IRIS_1_OK)
+        if seen == requests or asyncio.get_running_loop().time() > deadline:
+            return exposition
+        await asyncio.sleep(0.1)
+
+
 async def test_each_process_reports_the_sum_of_all_processes(start_daphne, tmp_path):
     shared = tmp_path / "prometheus-multiproc"
     env = {"PLATFORM_REQUIRE_API_KEY": "0", "PROMETHEUS_MULTIPROC_DIR": str(shared)}
@@ -18,7 +29,7 @@ async def test_each_process_reports_the_sum_of_all_processes(start_daphne, tmp_p
     await predictions(second.ws_url, 7)
     async with idle_connection(first.ws_url), idle_connection(second.ws_url):
         for server in (first, second):
-            exposition = await asyncio.to_thread(scrape, server)
+            exposition = await scrape_when_flushed(server, 12)
             assert value(exposition, "platform_requests_total", **IRIS_1_OK) == 12
             assert value(exposition, "platform_rows_total", model="iris", version="1") == 12
             assert value(exposition, "platform_request_duration_seconds_count", **IRIS_1_OK) == 12
