@@ -37,6 +37,11 @@ class PredictionEvent:
     total_ms: float | None = None
     batch_size: int | None = None
     error: str | None = None
+    #: A served prediction's frame as the client sent it (JSON text or
+    #: MessagePack bytes) and its reply as sent (bytes): the prediction log
+    #: parses these for the inputs and outputs off the event loop.
+    frame: str | bytes | None = None
+    reply: bytes | None = None
 
 
 PredictionSink = Callable[[PredictionEvent], None]

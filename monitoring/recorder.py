@@ -25,14 +25,11 @@ import atexit
 import fcntl
 import itertools
 import logging
-import math
 import os
 import random
 import threading
 import time
 from collections import deque
-from contextlib import closing
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -40,26 +37,30 @@ import orjson
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import request_started
-from django.db import DataError, IntegrityError, connections, transaction
+from django.db import connections
 
 from . import events, metrics
 from .events import PredictionEvent
 from .exceptions import SpillFileError
+from .inserter import ROW_ERRORS, Inserter, WriterProcess, record_table
+from .rows import (  # noqa: F401  (the widths are part of this module's interface)
+    API_KEY_LENGTH,
+    COLUMNS,
+    MODEL_LENGTH,
+    OUTCOME_LENGTH,
+    REQUEST_ID_LENGTH,
+    Row,
+    cleaned_row,
+    dump_row,
+    event_row,
+    raw_row,
+)
 
 logger = logging.getLogger(__name__)
 
-#: The columns of a record, in the order of the row tuples the writer builds
-#: and of the JSON arrays in spill files. ``received_at`` is kept as Unix
-#: seconds until the insert; ``inputs`` and ``outputs`` as JSON text.
-COLUMNS = (
-    "event_id", "received_at", "model", "version", "api_key", "request_id", "rows",
-    "inputs", "outputs", "outcome", "error", "queue_ms", "inference_ms", "total_ms", "batch_size",
-)
-Row = tuple[Any, ...]
-
-# Rows per INSERT statement: 15 columns x 500 rows, 7,500 bound parameters,
-# within SQLite's limit (32,766) and PostgreSQL's (65,535).
-ROWS_PER_STATEMENT = 500
+#: Where the INSERTs run (PLATFORM_LOG_WRITER): in the writer thread, or in a
+#: writer process of its own (monitoring.inserter).
+WRITERS = ("thread", "process")
 BACKOFF_FIRST_S = 0.1
 BACKOFF_CAP_S = 5.0
 # After a spill file could not be written, leave the disk alone this long;
@@ -75,140 +76,6 @@ SHUTDOWN_TIMEOUT_S = 5.0
 # Repeated warnings and errors (database still down, records lost) are logged
 # at most this often.
 LOG_EVERY_S = 60.0
-
-# The database refused a row for what it holds, not because it is unreachable:
-# such rows are tried one by one so that one bad record never blocks the rest.
-ROW_ERRORS = (DataError, IntegrityError, ValueError, TypeError, OverflowError)
-
-# The widths of PredictionRecord's text columns (monitoring.models; not
-# imported here, so that this module loads before the app registry): longer
-# values are cut, a model name in a refused frame being whatever the client sent.
-MODEL_LENGTH, API_KEY_LENGTH, REQUEST_ID_LENGTH, OUTCOME_LENGTH = 64, 100, 128, 32
-_MAX_FALLBACK_CHARS = 100_000
-_INT_MIN, _INT_MAX = -(2**31), 2**31 - 1
-
-
-# -- turning events into rows ---------------------------------------------------------
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes(value).hex()
-    return str(value)
-
-
-def to_json(value: Any) -> str | None:
-    """``value`` as JSON text, as given where JSON can hold it; never raises."""
-    if value is None:
-        return None
-    try:
-        return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY).decode()
-    except TypeError:
-        pass
-    # What a MessagePack frame may carry: bytes, non-string keys.
-    try:
-        return orjson.dumps(
-            value, default=_jsonable, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
-        ).decode()
-    except TypeError:
-        # Integers beyond 64 bits, strings that are not valid Unicode: keep a printable form.
-        return orjson.dumps(ascii(value)[:_MAX_FALLBACK_CHARS]).decode()
-
-
-def _text(value: Any, length: int) -> str:
-    if value is None:
-        return ""
-    if type(value) is not str:
-        value = str(value)
-    return value if len(value) <= length else value[:length]
-
-
-def event_row(event_id: str, event: PredictionEvent) -> Row:
-    """The row of one event, ready to insert or spill."""
-    rid = event.request_id
-    if rid is None:
-        rid = ""
-    elif type(rid) is not str:
-        rid = str(rid)
-    model = event.model or ""
-    version = event.version
-    if version is not None and not _INT_MIN <= version <= _INT_MAX:
-        version = None
-    return (
-        event_id,
-        event.received_at,
-        model if len(model) <= MODEL_LENGTH else model[:MODEL_LENGTH],
-        version,
-        _text(event.api_key, API_KEY_LENGTH),
-        rid if len(rid) <= REQUEST_ID_LENGTH else rid[:REQUEST_ID_LENGTH],
-        event.rows,
-        to_json(event.inputs),
-        to_json(event.outputs),
-        _text(event.outcome, OUTCOME_LENGTH),
-        event.error or "",
-        event.queue_ms,
-        event.inference_ms,
-        event.total_ms,
-        event.batch_size,
-    )
-
-
-def _clean_text(value: Any) -> Any:
-    if not isinstance(value, str):
-        return value
-    # PostgreSQL refuses NUL in text, and no driver encodes lone surrogates.
-    return value.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
-
-
-def _clean_json(value: Any) -> Any:
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        return to_json(str(value))
-    # jsonb cannot hold \u0000 either.
-    return _clean_text(value).replace("\\u0000", "\\ufffd")
-
-
-def _clean_int(value: Any, minimum: int = _INT_MIN) -> int | None:
-    if type(value) is not int or value > _INT_MAX:
-        return None
-    return max(value, minimum)
-
-
-def _clean_float(value: Any) -> float | None:
-    return float(value) if type(value) in (int, float) else None
-
-
-def cleaned_row(row: Row) -> Row:
-    """A row the database refused, made storable: text without NUL or lone surrogates, numbers or NULL."""
-    (event_id, received_at, model, version, api_key, rid, rows, inputs, outputs, outcome, error,
-     queue_ms, inference_ms, total_ms, batch_size) = row
-    return (
-        event_id, received_at, _clean_text(model), _clean_int(version), _clean_text(api_key),
-        _clean_text(rid), _clean_int(rows, 0) or 0, _clean_json(inputs), _clean_json(outputs),
-        _clean_text(outcome), _clean_text(error), _clean_float(queue_ms), _clean_float(inference_ms),
-        _clean_float(total_ms), _clean_int(batch_size, 0),
-    )
-
-
-def dump_row(row: Row) -> bytes:
-    """One spill-file line, without its newline."""
-    try:
-        return orjson.dumps(row)
-    except TypeError:
-        return orjson.dumps(cleaned_row(row))
-
-
-def _pg_safe(row: Row) -> Row:
-    """The row, cleaned if PostgreSQL would refuse it for a NUL character."""
-    for index in (2, 4, 5, 10):
-        if "\x00" in row[index]:
-            return cleaned_row(row)
-    for index in (7, 8):
-        if row[index] is not None and "\\u0000" in row[index]:
-            return cleaned_row(row)
-    return row
-
 
 # -- spill files ------------------------------------------------------------------------
 
@@ -409,6 +276,7 @@ class PredictionLog:
         db_timeout_s: float = 5.0,
         spill_dir: Path | str,
         using: str = "default",
+        writer: str = "thread",
     ) -> None:
         if buffer_records < 10:
             raise ImproperlyConfigured(
@@ -425,6 +293,9 @@ class PredictionLog:
             raise ImproperlyConfigured(
                 f"PLATFORM_LOG_DB_TIMEOUT_S must be a positive number of seconds, not {db_timeout_s}."
             )
+        if writer not in WRITERS:
+            raise ImproperlyConfigured(f"PLATFORM_LOG_WRITER must be one of {', '.join(WRITERS)}, not {writer!r}.")
+        self.writer = writer
         self.buffer_records = buffer_records
         self.batch_size = batch_size
         self.flush_interval_s = flush_interval_ms / 1000.0
@@ -467,11 +338,7 @@ class PredictionLog:
         self._attempts = 0
         self._retry_at = 0.0
         self._next_down_log = 0.0
-        self._prepared_for: Any = None
-        self._sql: str | None = None
-        self._statements: dict[int, str] = {}
-        self._to_db_time: Any = None
-        self._nul_unsafe = False
+        self._db: Inserter | WriterProcess | None = None
 
         self._replaying: ReplayFile | None = None
         self._next_scan = 0.0
@@ -491,6 +358,7 @@ class PredictionLog:
             flush_interval_ms=settings.PLATFORM_LOG_FLUSH_INTERVAL_MS,
             db_timeout_s=settings.PLATFORM_LOG_DB_TIMEOUT_S,
             spill_dir=settings.PLATFORM_LOG_SPILL_DIR,
+            writer=settings.PLATFORM_LOG_WRITER,
         )
 
     # -- the event loop's side ------------------------------------------------------
@@ -498,8 +366,13 @@ class PredictionLog:
     def record(self, event: PredictionEvent) -> None:
         """The prediction sink: called on the event loop for every answered request; returns at once.
 
-        The event becomes its row here, on the loop (two ``orjson`` calls):
-        a buffer of rows holds only text and numbers, where a buffer of events
+        The event becomes its row here, on the loop. A served prediction
+        becomes a tuple of what it already has: the client's frame and the
+        encoded reply, text and bytes that the writer parses again for the
+        inputs and outputs (in the writer process, off this interpreter;
+        ``monitoring.rows.materialize``). Anything else (an error) gets its
+        final row at once, inputs and outputs as JSON text. Either way the
+        buffer holds only text, bytes and numbers, where a buffer of events
         would keep every request's parsed inputs and formatted outputs alive
         for up to a flush interval. Those object graphs, outliving the young
         collections and then freed in bulk by the writer thread, stalled the
@@ -512,7 +385,12 @@ class PredictionLog:
             self._dropped += 1
             return
         try:
-            row = event_row(f"{self._id_prefix}{next(self._seq):016x}", event)
+            event_id = f"{self._id_prefix}{next(self._seq):016x}"
+            # A served prediction keeps its frame and reply as they are, for the writer to parse.
+            if event.reply is not None and event.frame is not None:
+                row = raw_row(event_id, event)
+            else:
+                row = event_row(event_id, event)
         except Exception:
             logger.exception("The prediction event of request %r could not be turned into a record",
                              getattr(event, "request_id", None))
@@ -600,7 +478,7 @@ class PredictionLog:
             with self._start_lock:
                 self._writer = None
         finally:
-            self._close_connection()
+            self._stop_inserter()
 
     def _write_loop(self) -> None:
         buffer, ready = self._buffer, self._ready
@@ -769,67 +647,31 @@ class PredictionLog:
         return inserted
 
     def _execute(self, rows: list[Row]) -> int:
+        db = self._db
+        if db is None:
+            db = self._db = self._make_inserter()
+        return db.insert(rows)
+
+    def _make_inserter(self) -> Inserter | WriterProcess:
+        writer = self.writer
         connection = connections[self.using]
-        if connection.connection is None or connection.connection is not self._prepared_for:
-            self._prepare(connection)
-        to_db_time = self._to_db_time
-        if self._nul_unsafe:
-            rows = [_pg_safe(row) for row in rows]
-        count = 0
-        # The driver's own cursor, with the driver's placeholders: Django's
-        # cursor wrappers rewrite and time every statement, which for a
-        # statement of thousands of parameters costs more than building its rows.
-        # Errors are still turned into Django's (IntegrityError, DataError, ...).
-        with (
-            transaction.atomic(using=self.using),
-            connection.wrap_database_errors,
-            closing(connection.connection.cursor()) as cursor,
-        ):
-            # Multi-row statements: executemany() steps SQLite once per row,
-            # releasing and retaking the GIL each time, and every retake
-            # interrupts the event loop; a statement of hundreds of rows does
-            # it hundreds of times less.
-            for start in range(0, len(rows), ROWS_PER_STATEMENT):
-                chunk = rows[start : start + ROWS_PER_STATEMENT]
-                params: list[Any] = []
-                for row in chunk:
-                    params.append(row[0])
-                    params.append(to_db_time(row[1]))
-                    params.extend(row[2:])
-                cursor.execute(self._statement(connection, len(chunk)), params)
-                count += max(cursor.rowcount, 0)
-        return count
-
-    def _statement(self, connection: Any, n_rows: int) -> str:
-        sql = self._statements.get(n_rows)
-        if sql is None:
-            sql = self._statements[n_rows] = _insert_sql(connection, n_rows)
-        return sql
-
-    def _prepare(self, connection: Any) -> None:
-        """Connect, and make a locked or slow database an error after ``db_timeout_s`` rather than a hang."""
-        connection.ensure_connection()
-        timeout_ms = max(1, int(self.db_timeout_s * 1000))
-        with connection.cursor() as cursor:
-            if connection.vendor == "sqlite":
-                cursor.execute(f"PRAGMA busy_timeout = {timeout_ms}")
-            elif connection.vendor == "postgresql":
-                cursor.execute(f"SET statement_timeout = {timeout_ms}")
-                cursor.execute(f"SET lock_timeout = {timeout_ms}")
-        if self._sql is None:
-            self._sql = _insert_sql(connection)
-            self._statements = {1: self._sql}
-            self._to_db_time = _time_adapter(connection)
-            self._nul_unsafe = connection.vendor == "postgresql"
-        self._prepared_for = connection.connection
+        if writer == "process" and connection.vendor == "sqlite" and connection.is_in_memory_db():
+            logger.info("The prediction log writes from a thread: another process cannot open an in-memory database.")
+            writer = "thread"
+        if writer == "process":
+            return WriterProcess(using=self.using, db_timeout_s=self.db_timeout_s)
+        table, columns = record_table()
+        return Inserter(using=self.using, db_timeout_s=self.db_timeout_s, table=table, columns=columns)
 
     def _close_connection(self) -> None:
         # A broken or restarted database must be reconnected to, not reused.
-        self._prepared_for = None
-        try:
-            connections[self.using].close()
-        except Exception:
-            pass
+        if self._db is not None:
+            self._db.close()
+
+    def _stop_inserter(self) -> None:
+        db, self._db = self._db, None
+        if db is not None:
+            db.stop()
 
     # -- spilling --------------------------------------------------------------------
 
@@ -974,61 +816,6 @@ class PredictionLog:
             self._lose(dropped, f"the buffer held {self._drop_at} records and the disk did not keep up")
         metrics.LOG_BUFFER_RECORDS.set(len(self._buffer) + len(self._ready) + self._held)
         metrics.LOG_SPILL_RECORDS.set(self.spill.pending)
-
-
-def _insert_sql(connection: Any, n_rows: int = 1) -> str:
-    from .models import PredictionRecord
-
-    quote = connection.ops.quote_name
-    opts = PredictionRecord._meta
-    columns = ", ".join(quote(opts.get_field(name).column) for name in COLUMNS)
-    # The driver's placeholder: the statement goes to the driver's own cursor.
-    marker = "?" if connection.vendor == "sqlite" else "%s"
-    placeholders = ", ".join([f"({', '.join([marker] * len(COLUMNS))})"] * n_rows)
-    return (
-        f"INSERT INTO {quote(opts.db_table)} ({columns}) VALUES {placeholders} "
-        f"ON CONFLICT ({quote(opts.get_field('event_id').column)}) DO NOTHING"
-    )
-
-
-class _TimeText:
-    """Unix seconds as the text a database reads for a UTC ``DateTimeField``, the second's part cached.
-
-    The records of a batch mostly share their second, and formatting a
-    datetime costs more than the rest of building a row.
-    """
-
-    def __init__(self, suffix: str = "") -> None:
-        self.suffix = suffix
-        self._second = -1
-        self._prefix = ""
-
-    def __call__(self, ts: float) -> str:
-        # datetime.fromtimestamp's rounding, to the microsecond.
-        fraction, whole = math.modf(ts)
-        second, micro = int(whole), round(fraction * 1e6)
-        if micro >= 1_000_000 or micro < 0:
-            second, micro = second + micro // 1_000_000, micro % 1_000_000
-        if second != self._second:
-            self._prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%d %H:%M:%S")
-            self._second = second
-        # Django writes no fraction for a whole second, as str(datetime) does.
-        if micro:
-            return f"{self._prefix}.{micro:06d}{self.suffix}"
-        return self._prefix + self.suffix
-
-
-def _time_adapter(connection: Any) -> Any:
-    """A function from Unix seconds to what the database takes for a ``DateTimeField``."""
-    if connection.vendor == "sqlite" and settings.USE_TZ:
-        # What Django's SQLite backend stores: naive UTC, "YYYY-MM-DD HH:MM:SS[.ffffff]".
-        return _TimeText()
-    if connection.vendor == "postgresql" and settings.USE_TZ:
-        return _TimeText("+00:00")
-    adapt = connection.ops.adapt_datetimefield_value
-    if settings.USE_TZ:
-        return lambda ts: adapt(datetime.fromtimestamp(ts, UTC))
-    return lambda ts: adapt(datetime.fromtimestamp(ts))
 
 
 # -- the process's log ------------------------------------------------------------------

@@ -284,6 +284,10 @@ PLATFORM_LOG_ENABLED = env_bool("PLATFORM_LOG_ENABLED", True)
 # more, with the disk not keeping up either, new records are dropped and
 # counted as lost).
 PLATFORM_LOG_BUFFER_RECORDS = env_int("PLATFORM_LOG_BUFFER_RECORDS", 100_000, minimum=10)
+# Where the INSERTs run: "process" (a writer process of the server's own, so
+# that turning records into statements costs the serving interpreter nothing;
+# an in-memory SQLite database falls back to the thread) or "thread".
+PLATFORM_LOG_WRITER = os.environ.get("PLATFORM_LOG_WRITER", "process")
 # One INSERT per batch: this many records, or what is waiting every interval.
 PLATFORM_LOG_BATCH_SIZE = env_int("PLATFORM_LOG_BATCH_SIZE", 500, minimum=1)
 PLATFORM_LOG_FLUSH_INTERVAL_MS = env_int("PLATFORM_LOG_FLUSH_INTERVAL_MS", 250, minimum=1)

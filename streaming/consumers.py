@@ -64,6 +64,8 @@ class _Request:
     binary: bool
     received: float
     received_wall: float
+    #: The frame as received (text or bytes), for the prediction log.
+    frame: str | bytes
 
 
 class PredictConsumer(DirectReadLoop, AsyncWebsocketConsumer):
@@ -187,7 +189,8 @@ class PredictConsumer(DirectReadLoop, AsyncWebsocketConsumer):
                 await self._auth(body)
                 return
             if kind == "predict":
-                await self._predict(body, rid, binary, received, received_wall)
+                await self._predict(body, rid, binary, received, received_wall,
+                                    text if text is not None else (data or b""))
             elif kind == "ping":
                 await self._send_message({"type": "pong", "id": rid}, binary)
             elif kind == "models":
@@ -208,7 +211,8 @@ class PredictConsumer(DirectReadLoop, AsyncWebsocketConsumer):
         await self._authenticated(client)
 
     async def _predict(
-        self, body: dict[str, Any], rid: Any, binary: bool, received: float, received_wall: float
+        self, body: dict[str, Any], rid: Any, binary: bool, received: float, received_wall: float,
+        frame: str | bytes,
     ) -> None:
         client = self.client
         if client is None:
@@ -242,7 +246,7 @@ class PredictConsumer(DirectReadLoop, AsyncWebsocketConsumer):
         events.in_flight_change(+1)
         future.add_done_callback(
             partial(self._answered, _Request(entry, rid, request.inputs, rows.shape[0], binary, received,
-                                             received_wall))
+                                             received_wall, frame))
         )
 
     def _retry_after_ms(self, model: Any) -> int:
@@ -278,12 +282,18 @@ class PredictConsumer(DirectReadLoop, AsyncWebsocketConsumer):
             self.in_flight.add(task)
             task.add_done_callback(self.in_flight.discard)
             return
+        payload = protocol.encode_bytes(message, request.binary)
         try:
-            send_frame(protocol.encode_bytes(message, request.binary), request.binary)
+            send_frame(payload, request.binary)
         except Exception:
             logger.exception("Could not send the reply to request %r", request.rid)
-        self._emit(request.entry, request.rid, request.n_rows, request.inputs, outputs, outcome,
-                   request.received_wall, **timings)
+        if outcome == "ok":
+            # The log reads the inputs and outputs back from the frame and the reply, off the loop.
+            self._emit(request.entry, request.rid, request.n_rows, request.inputs, outputs, outcome,
+                       request.received_wall, frame=request.frame, reply=payload, **timings)
+        else:
+            self._emit(request.entry, request.rid, request.n_rows, request.inputs, outputs, outcome,
+                       request.received_wall, **timings)
 
     async def _send_and_emit(self, request: _Request, message: dict[str, Any], outcome: str, outputs: Any,
                              timings: dict[str, Any]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -370,3 +371,156 @@ def test_a_process_that_exits_without_its_shutdown_hooks_still_writes_its_record
     with sqlite3.connect(tmp_path / "data" / "platform.sqlite3") as connection:
         ids = [row[0] for row in connection.execute("SELECT request_id FROM monitoring_predictionrecord")]
     assert sorted(ids) == sorted(f"exit-{number}" for number in range(250))
+
+
+# -- served predictions: the frame and the reply as they are, parsed by the writer -------------
+
+
+def served(make_event, binary: bool, **fields):
+    """An event as the consumer reports a served prediction: with its frame and its encoded reply."""
+    import msgpack
+
+    event = make_event(**fields)
+    body = {"type": "predict", "id": event.request_id, "model": "iris", "inputs": event.inputs}
+    reply = {"type": "prediction", "id": event.request_id, "model": "iris", "version": 1,
+             "outputs": event.outputs, "batch_size": 8, "timing": {"queue_ms": 1.25}}
+    if binary:
+        event.frame, event.reply = msgpack.packb(body), msgpack.packb(reply)
+    else:
+        # The standard library's encoder: a client may send integers orjson cannot write.
+        event.frame, event.reply = json.dumps(body), json.dumps(reply).encode()
+    return event
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "msgpack"])
+def test_a_raw_row_becomes_the_row_its_event_would_have_made(make_event, binary):
+    from monitoring.rows import is_raw, materialize, raw_row
+    from streaming.protocol import decode
+
+    for fields in ({}, {"inputs": [[1, 2.5, 10**30, 4]], "request_id": 99},
+                   {"inputs": [{"a": "\u00e9\u4e2d", "b": None}], "model": "m" * 300}):
+        if binary and str(10**30) in str(fields.get("inputs")):
+            continue  # MessagePack has no integers past 64 bits
+        event = served(make_event, binary, **fields)
+        row = raw_row("id-1", event)
+        assert is_raw(row)
+        # The event carries what the server parsed from the frame (orjson reads 10**30 as a float).
+        parsed = decode(None, event.frame) if binary else decode(event.frame, None)
+        plain = make_event(**{name: getattr(event, name) for name in
+                              ("received_at", "request_id", "outputs", "model")}, inputs=parsed.body["inputs"])
+        assert materialize(row) == event_row("id-1", plain)
+        assert materialize(materialize(row)) == materialize(row)
+
+
+def test_served_predictions_spill_and_replay_as_final_rows(make_log, make_event, lock_database, tmp_path):
+    log = make_log(buffer_records=10, db_timeout_s=0.05)
+    sent = [served(make_event, binary=number % 2 == 1) for number in range(40)]
+    with lock_database():
+        for event in sent:
+            log.record(event)
+        deadline = time.monotonic() + 10
+        while spill_lines(tmp_path / "spill") < 30 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    for path in (tmp_path / "spill").glob("predictions-*.jsonl"):
+        for line in path.read_bytes().splitlines():
+            outputs = orjson.loads(line)[8]  # the outputs as JSON text, not the reply
+            assert orjson.loads(outputs) == sent[0].outputs
+    assert log.flush(timeout_s=20)
+    assert_exactly_once([event.request_id for event in sent])
+    record = PredictionRecord.objects.get(request_id=sent[1].request_id)
+    assert record.inputs == sent[1].inputs and record.outputs == sent[1].outputs
+
+
+@pytest.fixture
+def file_database(db, tmp_path):
+    """A second database alias on an SQLite file with the prediction log's table, for a writer process."""
+    from django.db import connection, connections
+
+    path = tmp_path / "log.sqlite3"
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT sql FROM sqlite_master WHERE tbl_name = %s AND sql IS NOT NULL",
+                       [PredictionRecord._meta.db_table])
+        schema = [row[0] for row in cursor.fetchall()]
+    with sqlite3.connect(path) as created:
+        for statement in schema:
+            created.execute(statement)
+    connections.settings["log-file"] = {**connection.settings_dict, "NAME": str(path), "TEST": {}}
+    try:
+        yield path
+    finally:
+        del connections.settings["log-file"]
+        if hasattr(connections._connections, "log-file"):
+            del connections["log-file"]
+
+
+def stored(path: Path) -> dict[str, tuple]:
+    with sqlite3.connect(path) as reader:
+        return {row[0]: row[1:] for row in reader.execute(
+            "SELECT request_id, model, version, inputs, outputs, outcome, total_ms FROM monitoring_predictionrecord")}
+
+
+def test_the_writer_process_inserts_raw_and_final_rows_once(file_database, make_event):
+    from monitoring.inserter import WriterProcess
+
+    writer = WriterProcess(using="log-file", db_timeout_s=0.5)
+    try:
+        raw = [served(make_event, binary=number % 2 == 1) for number in range(300)]
+        final = [make_event(outcome="invalid_input", outputs=None, error="bad row") for _ in range(5)]
+        rows = [recorder.raw_row(f"raw-{n}", event) for n, event in enumerate(raw)]
+        rows += [event_row(f"final-{n}", event) for n, event in enumerate(final)]
+        assert writer.insert(rows) == 305
+        assert writer.insert(rows[:10]) == 0  # already there: a retry or a replay adds nothing
+        records = stored(file_database)
+        assert len(records) == 305
+        model, version, inputs, outputs, outcome, total_ms = records[raw[3].request_id]
+        assert (model, version, outcome, total_ms) == ("iris", 1, "ok", 2.125)
+        assert orjson.loads(inputs) == raw[3].inputs and orjson.loads(outputs) == raw[3].outputs
+        assert records[final[0].request_id][3:5] == (None, "invalid_input")
+    finally:
+        writer.stop()
+
+
+def test_the_writer_process_reports_a_locked_database_and_carries_on(file_database, make_event):
+    from django.db import OperationalError
+
+    from monitoring.inserter import WriterProcess
+
+    writer = WriterProcess(using="log-file", db_timeout_s=0.2)
+    try:
+        holder = sqlite3.connect(file_database, isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")
+        with pytest.raises(OperationalError, match="locked"):
+            writer.insert([recorder.raw_row("locked-1", served(make_event, binary=False))])
+        holder.execute("ROLLBACK")
+        holder.close()
+        assert writer.insert([recorder.raw_row("locked-1", served(make_event, binary=False))]) == 1
+    finally:
+        writer.stop()
+
+
+def test_a_writer_process_that_dies_is_an_error_and_is_started_again(file_database, make_event):
+    from django.db import OperationalError
+
+    from monitoring.inserter import WriterProcess
+
+    writer = WriterProcess(using="log-file", db_timeout_s=0.5)
+    try:
+        assert writer.insert([event_row("first", make_event())]) == 1
+        first_pid = writer._process.pid
+        os.kill(first_pid, signal.SIGKILL)
+        writer._process.wait()
+        assert writer.insert([event_row("second", make_event())]) == 1
+        second_pid = writer._process.pid
+        assert second_pid != first_pid
+
+        # A process that stops answering is given up on, killed, and replaced on the next batch.
+        writer.answer_timeout_s = 0.5
+        os.kill(second_pid, signal.SIGSTOP)
+        with pytest.raises(OperationalError, match="writer process"):
+            writer.insert([event_row("third", make_event())])
+        assert writer._process is None
+        assert writer.insert([event_row("third", make_event())]) == 1
+        assert writer._process.pid not in (first_pid, second_pid)
+    finally:
+        writer.stop()
+    assert len(stored(file_database)) == 3
