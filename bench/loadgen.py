@@ -395,10 +395,37 @@ def _worker_main(job: _Job, control: Any) -> None:
 
 
 def proc_cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as handle:
-        fields = handle.read().rpartition(")")[2].split()
-    # utime and stime are fields 14 and 15 of stat(5); fields[0] here is field 3.
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU seconds used by ``pid`` and its live descendants (the platform's log writer process), from /proc."""
+    total = 0.0
+    for member in _process_tree(pid):
+        try:
+            with open(f"/proc/{member}/stat") as handle:
+                fields = handle.read().rpartition(")")[2].split()
+        except (FileNotFoundError, ProcessLookupError):
+            if member == pid:
+                raise
+            continue  # a child that exited meanwhile
+        # utime and stime are fields 14 and 15 of stat(5); fields[0] here is field 3.
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def _process_tree(pid: int) -> list[int]:
+    found, index = [pid], 0
+    while index < len(found):
+        current = found[index]
+        index += 1
+        try:
+            tasks = os.listdir(f"/proc/{current}/task")
+        except FileNotFoundError:
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{current}/task/{task}/children") as handle:
+                    found.extend(int(child) for child in handle.read().split())
+            except FileNotFoundError:
+                continue
+    return found
 
 
 def proc_rss_mb(pid: int) -> float:

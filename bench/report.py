@@ -240,7 +240,7 @@ def markdown(results: dict[str, Any]) -> str:
         "with its latency and batch sizes. Latency here is what a client sees with every connection's "
         "pipeline full: it measures queueing at saturation, not service time. Batch rows: the size of the "
         "model call that served the average request (the replies' `batch_size`). CPU: cores used over "
-        "the window, server (all its threads) and client (all its processes).\n",
+        "the window, server (all its threads and its log writer process) and client (all its processes).\n",
         _table(
             ["workload", "server", "req/s (best round)", "rounds req/s", "rows/s", "p50 ms", "p95 ms", "p99 ms",
              "max ms", "batch rows mean / p99 / max", "errors", "server CPU", "client CPU"],
