@@ -1,11 +1,13 @@
 """The prediction log writer: every answered request becomes a ``PredictionRecord``, off the serving path.
 
 The sink, :meth:`PredictionLog.record`, runs on the event loop once per
-request; it turns the event into its row (JSON text for inputs and outputs),
-appends the row to an in-memory buffer and returns. A writer thread takes the
-buffer in batches (``PLATFORM_LOG_BATCH_SIZE`` records, or whatever is waiting
-every ``PLATFORM_LOG_FLUSH_INTERVAL_MS``) and inserts each batch with
-multi-row ``INSERT`` statements.
+request; it turns the event into its row (``monitoring.rows``: for a served
+prediction, the frame and the encoded reply as they are), appends the row to
+an in-memory buffer and returns. A writer thread takes the buffer in batches
+(``PLATFORM_LOG_BATCH_SIZE`` records, or whatever is waiting every
+``PLATFORM_LOG_FLUSH_INTERVAL_MS``) and inserts each batch with multi-row
+``INSERT`` statements, through a writer process of its own by default
+(``monitoring.inserter``, ``PLATFORM_LOG_WRITER``).
 
 When the database is down, locked or slow, replies keep flowing: the writer
 retries with exponential backoff while a spill thread moves what does not fit

@@ -125,7 +125,7 @@ def is_raw(row: Row) -> bool:
 
 def materialize(row: Row) -> Row:
     """The final row of a raw row (a final row is returned as it is)."""
-    if type(row[8]) is not bytes:
+    if not is_raw(row):
         return row
     (event_id, received_at, model, version, api_key, rid, rows, frame, reply, outcome, error,
      queue_ms, inference_ms, total_ms, batch_size) = row
