@@ -429,12 +429,19 @@ def _process_tree(pid: int) -> list[int]:
 
 
 def proc_rss_mb(pid: int) -> float:
-    """Resident set size of ``pid`` in MiB, from /proc."""
-    with open(f"/proc/{pid}/status") as handle:
-        for line in handle:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    return math.nan
+    """Resident set size of ``pid`` and its live descendants (the log writer process) in MiB, from /proc."""
+    total_kib = 0
+    for member in _process_tree(pid):
+        try:
+            with open(f"/proc/{member}/status") as handle:
+                for line in handle:
+                    if line.startswith("VmRSS:"):
+                        total_kib += int(line.split()[1])
+                        break
+        except (FileNotFoundError, ProcessLookupError):
+            if member == pid:
+                return math.nan
+    return total_kib / 1024.0
 
 
 @dataclass

@@ -3,7 +3,7 @@
 ``make soak`` runs it (``SOAK_MINUTES``, default 5). It starts the platform
 with monitoring on, measures its maximum throughput with a short closed loop,
 then sends an open-loop load at a fraction of it (default half) for the whole
-soak while sampling the server's RSS from /proc every few seconds. The server
+soak while sampling the server's RSS (with its log writer process) from /proc every few seconds. The server
 is then stopped with SIGTERM, which answers what is in flight and flushes
 the prediction log, and the log (table ``monitoring_predictionrecord`` of
 the server's SQLite database) is compared with every request the clients saw
