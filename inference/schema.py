@@ -70,8 +70,8 @@ class InputSchema:
             self._raise_first_non_finite(ordered)
         # A NaN or an infinity makes the sum non-finite; a finite sum proves
         # every value finite. A sum that overflows gets the exact check.
-        # Small requests are summed from the lists: numpy's reduction costs
-        # more than a Python sum below a few hundred values.
+        # Small requests are summed from the lists: for up to SMALL_SUM_VALUES
+        # values a Python sum costs less than numpy's reduction.
         total = sum(map(sum, ordered)) if array.size <= SMALL_SUM_VALUES else array.sum()
         if not math.isfinite(total) and not np.isfinite(array).all():
             self._raise_first_non_finite(ordered)

@@ -287,13 +287,11 @@ class PredictConsumer(DirectReadLoop, AsyncWebsocketConsumer):
             send_frame(payload, request.binary)
         except Exception:
             logger.exception("Could not send the reply to request %r", request.rid)
-        if outcome == "ok":
-            # The log reads the inputs and outputs back from the frame and the reply, off the loop.
-            self._emit(request.entry, request.rid, request.n_rows, request.inputs, outputs, outcome,
-                       request.received_wall, frame=request.frame, reply=payload, **timings)
-        else:
-            self._emit(request.entry, request.rid, request.n_rows, request.inputs, outputs, outcome,
-                       request.received_wall, **timings)
+        # For a prediction the log reads inputs and outputs back from the frame and the reply, off the loop.
+        served = outcome == "ok"
+        self._emit(request.entry, request.rid, request.n_rows, request.inputs, outputs, outcome,
+                   request.received_wall, frame=request.frame if served else None,
+                   reply=payload if served else None, **timings)
 
     async def _send_and_emit(self, request: _Request, message: dict[str, Any], outcome: str, outputs: Any,
                              timings: dict[str, Any]) -> None:
@@ -340,7 +338,8 @@ class PredictConsumer(DirectReadLoop, AsyncWebsocketConsumer):
         await self.send(text_data=text, bytes_data=data)
 
     def _emit(self, entry: ModelEntry, rid: Any, n_rows: int, inputs: Any, outputs: Any, outcome: str,
-              received_wall: float, **timings: Any) -> None:
+              received_wall: float, **fields: Any) -> None:
+        """Report an answered request; ``fields``: its timings, and for a prediction its frame and reply."""
         client = self.client
         events.prediction(
             PredictionEvent(
@@ -353,7 +352,7 @@ class PredictConsumer(DirectReadLoop, AsyncWebsocketConsumer):
                 inputs=inputs,
                 outputs=outputs,
                 outcome=outcome,
-                **timings,
+                **fields,
             )
         )
 

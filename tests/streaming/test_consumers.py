@@ -509,3 +509,42 @@ async def test_predictions_go_out_through_the_send_frame_extension_when_the_serv
     assert by_id["json"][0]["type"] == by_id["msgpack"][0]["type"] == "prediction"
     assert len(by_id["msgpack"][0]["outputs"]) == 2
     assert by_id["json"][0]["outputs"][0] == by_id["msgpack"][0]["outputs"][0]
+
+
+async def test_a_served_prediction_reaches_the_log_as_its_frame_and_the_reply_sent(service, api_key):
+    from monitoring import events
+    from monitoring.rows import event_row, materialize, raw_row
+    from platform_core.extensions import SEND_FRAME
+
+    frames: list[bytes] = []
+    seen = []
+    events.on_prediction(seen.append)
+    ws = WebsocketCommunicator(application, "/ws/v1/predict/iris/",
+                               headers=[(b"authorization", f"Bearer {api_key()}".encode())])
+    ws.scope["extensions"] = {SEND_FRAME: {"send": lambda payload, binary: frames.append(payload) or True}}
+    sent_json = json.dumps({"id": "json", "inputs": [IRIS_ROW]})
+    sent_msgpack = msgpack.packb({"id": "msgpack", "inputs": [IRIS_ROW, IRIS_ROW]})
+    try:
+        assert (await ws.connect())[0]
+        assert (await ws.receive_json_from(timeout=5))["type"] == "ready"
+        await ws.send_to(text_data=sent_json)
+        await ws.send_to(bytes_data=sent_msgpack)
+        await ws.send_json_to({"id": "bad", "inputs": [[1.0]]})
+        assert (await ws.receive_json_from(timeout=5))["error"]["code"] == "invalid_input"
+        for _ in range(100):
+            if len(seen) == 3:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        events._prediction_sinks.remove(seen.append)
+        await ws.disconnect()
+    by_id = {event.request_id: event for event in seen}
+    assert by_id["json"].frame == sent_json and by_id["msgpack"].frame == sent_msgpack
+    assert {by_id["json"].reply, by_id["msgpack"].reply} == set(frames)
+    assert by_id["bad"].frame is None and by_id["bad"].reply is None
+    for rid in ("json", "msgpack"):
+        event = by_id[rid]
+        # What the writer makes of the frame and the reply is the row of the parsed request.
+        plain = events.PredictionEvent(**{**{name: getattr(event, name) for name in event.__slots__},
+                                          "frame": None, "reply": None})
+        assert materialize(raw_row("x", event)) == event_row("x", plain)
