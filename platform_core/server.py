@@ -1,6 +1,6 @@
 """The platform's daphne: ``python -m platform_core.server`` takes daphne's own arguments.
 
-Four things differ from plain ``daphne``:
+Five things differ from plain ``daphne``:
 
 - A frame over ``--websocket-max-message-size`` is answered with the close code
   1009 the protocol promises; daphne's WebSocket factory otherwise drops the
@@ -17,6 +17,10 @@ Four things differ from plain ``daphne``:
   whether the connection was still open. The prediction consumer sends its
   replies from the callback of the batch that answered them, without a task
   per reply; under any other server it falls back to ASGI ``send``.
+- Client frames are unmasked with the ``websockets`` library's C
+  ``apply_mask`` instead of autobahn's maskers: autobahn builds a CFFI masker
+  object for every frame, which for a small frame costs about fifty times the
+  unmasking itself (5.7 µs against 0.12 µs for 60 bytes, measured here).
 """
 
 from __future__ import annotations
@@ -25,10 +29,12 @@ import asyncio
 import logging
 from functools import partial
 
+import autobahn.websocket.protocol
 from daphne.cli import CommandLineInterface
 from daphne.server import Server
 from daphne.ws_protocol import WebSocketProtocol
 from twisted.internet import defer
+from websockets.speedups import apply_mask
 
 from platform_core.extensions import SEND_FRAME
 
@@ -37,6 +43,41 @@ logger = logging.getLogger(__name__)
 # Close codes of RFC 6455 that the protocol sends (going away, policy, too
 # big) but that autobahn's sendClose() reserves for itself.
 _PROTOCOL_CLOSE_CODES = frozenset({1001, 1008, 1009, 1011})
+
+
+class XorMasker:
+    """autobahn's masker interface (``pointer``, ``reset``, ``process``) over ``websockets``' ``apply_mask``.
+
+    ``process`` may be given a frame's payload in several pieces; the mask
+    is rotated to where the previous piece ended.
+    """
+
+    __slots__ = ("_mask", "_ptr")
+
+    def __init__(self, mask: bytes) -> None:
+        self._mask = bytes(mask)
+        self._ptr = 0
+
+    def pointer(self) -> int:
+        return self._ptr
+
+    def reset(self) -> None:
+        self._ptr = 0
+
+    def process(self, data: bytes) -> bytes:
+        offset = self._ptr & 3
+        mask = self._mask if not offset else self._mask[offset:] + self._mask[:offset]
+        self._ptr += len(data)
+        return apply_mask(data, mask)
+
+
+def create_xor_masker(mask: bytes, length: int | None = None) -> XorMasker:
+    return XorMasker(mask)
+
+
+def use_fast_unmasking() -> None:
+    """Make autobahn's WebSocket protocol (in this process) unmask frames with :class:`XorMasker`."""
+    autobahn.websocket.protocol.create_xor_masker = create_xor_masker  # type: ignore[attr-defined]
 
 
 class PlatformWebSocketProtocol(WebSocketProtocol):
@@ -63,6 +104,7 @@ class PlatformServer(Server):
         self.ready_callable = self._configure_factories
 
     def _configure_factories(self):
+        use_fast_unmasking()
         self.ws_factory.protocol = PlatformWebSocketProtocol
         self.ws_factory.setProtocolOptions(failByDrop=False)
         if self._outer_ready_callable is not None:
