@@ -10,12 +10,17 @@ IRIS_1_OK = {"model": "iris", "version": "1", "outcome": "ok"}
 
 
 async def scrape_when_flushed(server, requests: int) -> str:
-    """A scrape once the other process has flushed its counts (each does at least once a second)."""
+    """A scrape once the other process has flushed its counts (each does at least once a second).
+
+    A scrape may land in the middle of another process's flush, between its
+    counter and its histogram: wait until both are complete.
+    """
     deadline = asyncio.get_running_loop().time() + 5.0
     while True:
         exposition = await asyncio.to_thread(scrape, server)
-        seen = value(exposition, "platform_requests_total", **IRIS_1_OK)
-        if seen == requests or asyncio.get_running_loop().time() > deadline:
+        seen = (value(exposition, "platform_requests_total", **IRIS_1_OK),
+                value(exposition, "platform_request_duration_seconds_count", **IRIS_1_OK))
+        if seen == (requests, requests) or asyncio.get_running_loop().time() > deadline:
             return exposition
         await asyncio.sleep(0.1)
 
