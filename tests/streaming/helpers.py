@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from contextlib import asynccontextmanager
 
 from channels.testing import WebsocketCommunicator
@@ -12,12 +13,17 @@ IRIS_ROW = [5.1, 3.5, 1.4, 0.2]
 
 
 @asynccontextmanager
-async def connected(path="/ws/v1/predict/", *, key=None, headers=(), expect_ready=True):
-    """A WebsocketCommunicator on the real ASGI application, closed afterwards."""
+async def connected(path="/ws/v1/predict/", *, key=None, headers=(), expect_ready=True, extensions=None):
+    """A WebsocketCommunicator on the real ASGI application, closed afterwards.
+
+    ``extensions``: ASGI scope extensions a server would offer (``platform.send_frame``).
+    """
     all_headers = list(headers)
     if key is not None:
         all_headers.append((b"authorization", f"Bearer {key}".encode()))
     communicator = WebsocketCommunicator(application, path, headers=all_headers)
+    if extensions is not None:
+        communicator.scope["extensions"] = extensions
     ok, _ = await communicator.connect()
     assert ok, "the handshake was refused"
     try:
@@ -27,6 +33,13 @@ async def connected(path="/ws/v1/predict/", *, key=None, headers=(), expect_read
         yield communicator
     finally:
         await communicator.disconnect()
+
+
+async def settle(condition, timeout=1.0):
+    """Yield to the event loop until ``condition()`` holds or ``timeout`` passes; the caller asserts."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition() and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.01)
 
 
 async def receive_all(communicator, count, timeout=10):

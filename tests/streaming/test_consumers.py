@@ -16,7 +16,7 @@ from django.utils import timezone
 from platform_core.asgi import application
 from streaming.models import APIKey
 
-from .helpers import IRIS_ROW, assert_still_serving, connected, expect_error, receive_all
+from .helpers import IRIS_ROW, assert_still_serving, connected, expect_error, receive_all, settle
 
 DEMO_MODELS = ["iris", "breast-cancer", "diabetes", "digits"]
 
@@ -480,25 +480,14 @@ async def test_predictions_go_out_through_the_send_frame_extension_when_the_serv
         frames.append((payload, binary))
         return True
 
-    ws = WebsocketCommunicator(application, "/ws/v1/predict/iris/",
-                               headers=[(b"authorization", f"Bearer {api_key()}".encode())])
-    ws.scope["extensions"] = {SEND_FRAME: {"send": send_frame}}
-    ok, _ = await ws.connect()
-    assert ok
-    try:
-        assert (await ws.receive_json_from(timeout=5))["type"] == "ready"
+    async with connected("/ws/v1/predict/iris/", key=api_key(), extensions={SEND_FRAME: {"send": send_frame}}) as ws:
         await ws.send_json_to({"id": "json", "inputs": [IRIS_ROW]})
         await ws.send_to(bytes_data=msgpack.packb({"id": "msgpack", "inputs": [IRIS_ROW, IRIS_ROW]}))
         await ws.send_json_to({"id": "bad", "inputs": [[1.0]]})
         # Errors found before a model call still take the ASGI send.
         assert (await ws.receive_json_from(timeout=5))["error"]["code"] == "invalid_input"
-        for _ in range(100):
-            if len(frames) == 2:
-                break
-            await asyncio.sleep(0.01)
+        await settle(lambda: len(frames) == 2)
         assert await ws.receive_nothing(timeout=0.1)
-    finally:
-        await ws.disconnect()
 
     by_id = {}
     for payload, binary in frames:
@@ -519,25 +508,18 @@ async def test_a_served_prediction_reaches_the_log_as_its_frame_and_the_reply_se
     frames: list[bytes] = []
     seen = []
     events.on_prediction(seen.append)
-    ws = WebsocketCommunicator(application, "/ws/v1/predict/iris/",
-                               headers=[(b"authorization", f"Bearer {api_key()}".encode())])
-    ws.scope["extensions"] = {SEND_FRAME: {"send": lambda payload, binary: frames.append(payload) or True}}
     sent_json = json.dumps({"id": "json", "inputs": [IRIS_ROW]})
     sent_msgpack = msgpack.packb({"id": "msgpack", "inputs": [IRIS_ROW, IRIS_ROW]})
+    extensions = {SEND_FRAME: {"send": lambda payload, binary: frames.append(payload) or True}}
     try:
-        assert (await ws.connect())[0]
-        assert (await ws.receive_json_from(timeout=5))["type"] == "ready"
-        await ws.send_to(text_data=sent_json)
-        await ws.send_to(bytes_data=sent_msgpack)
-        await ws.send_json_to({"id": "bad", "inputs": [[1.0]]})
-        assert (await ws.receive_json_from(timeout=5))["error"]["code"] == "invalid_input"
-        for _ in range(100):
-            if len(seen) == 3:
-                break
-            await asyncio.sleep(0.01)
+        async with connected("/ws/v1/predict/iris/", key=api_key(), extensions=extensions) as ws:
+            await ws.send_to(text_data=sent_json)
+            await ws.send_to(bytes_data=sent_msgpack)
+            await ws.send_json_to({"id": "bad", "inputs": [[1.0]]})
+            assert (await ws.receive_json_from(timeout=5))["error"]["code"] == "invalid_input"
+            await settle(lambda: len(seen) == 3)
     finally:
         events._prediction_sinks.remove(seen.append)
-        await ws.disconnect()
     by_id = {event.request_id: event for event in seen}
     assert by_id["json"].frame == sent_json and by_id["msgpack"].frame == sent_msgpack
     assert {by_id["json"].reply, by_id["msgpack"].reply} == set(frames)
