@@ -10,11 +10,11 @@ where the writer runs; in the writer process, off the server's interpreter.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-import msgpack
 import orjson
+
+from streaming.protocol import decode
 
 from .events import PredictionEvent
 
@@ -130,21 +130,17 @@ def materialize(row: Row) -> Row:
     (event_id, received_at, model, version, api_key, rid, rows, frame, reply, outcome, error,
      queue_ms, inference_ms, total_ms, batch_size) = row
     binary = type(frame) is not str
-    inputs = _decode(frame, binary).get("inputs")
-    outputs = _decode(reply, binary).get("outputs")
+    inputs = _body(frame, binary).get("inputs")
+    outputs = _body(reply, binary).get("outputs")
     return _row(event_id, received_at, model, version, api_key, rid, rows, to_json(inputs), to_json(outputs),
                 outcome, error, queue_ms, inference_ms, total_ms, batch_size)
 
 
-def _decode(payload: str | bytes, binary: bool) -> dict[str, Any]:
-    """A frame or reply the server has already parsed or written once: as the server read it."""
-    if binary:
-        return msgpack.unpackb(payload, raw=False, strict_map_key=True)
-    try:
-        return orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        # Numbers orjson refuses and the server's parser took (integers past 64 bits).
-        return json.loads(payload)
+def _body(payload: str | bytes, binary: bool) -> dict[str, Any]:
+    """A frame or reply the server has already parsed or written once, read with the server's own parser."""
+    if isinstance(payload, str):
+        return decode(payload, None).body
+    return decode(None, payload).body if binary else decode(payload.decode(), None).body
 
 
 def _clean_text(value: Any) -> Any:
