@@ -6,8 +6,9 @@ Rules, after Ray Serve's ``batching.py`` and MLServer's adaptive batcher:
   requests' futures and on no other;
 - the model's output length is checked against the batch length;
 - the queue and the worker task are created inside the running event loop;
-- the remaining wait is recomputed on every loop, and an empty queue never
-  waits: the worker sleeps until a request arrives;
+- an empty queue never waits: the worker sleeps until a request arrives;
+  while it waits for company it is woken only when a full batch is queued
+  or the oldest request's delay is up, not by every request in between;
 - the queue is bounded: a full queue raises ``Overloaded`` at submission;
 - a request whose deadline passed while it waited is answered ``timeout`` and
   never run;
@@ -93,6 +94,11 @@ class DynamicBatcher:
         self.name = name
         self.on_batch = on_batch
         self._queue: deque[_Pending] = deque()
+        #: Rows in ``_queue``, abandoned requests included until they are popped.
+        self._queued_rows = 0
+        #: ``submit`` wakes the worker once this many rows are queued: one while
+        #: it sleeps on an empty queue, a whole batch while it waits for company.
+        self._wake_at_rows = 1
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wakeup: asyncio.Event | None = None
         self._worker: asyncio.Task[None] | None = None
@@ -127,9 +133,11 @@ class DynamicBatcher:
         now = time.perf_counter() if now is None else now
         future: asyncio.Future[BatchResult] = loop.create_future()
         self._queue.append(_Pending(rows, future, now, now + timeout_s))
-        wakeup = self._wakeup
-        if wakeup is not None and not wakeup.is_set():
-            wakeup.set()
+        self._queued_rows += rows.shape[0]
+        if self._queued_rows >= self._wake_at_rows:
+            wakeup = self._wakeup
+            if wakeup is not None and not wakeup.is_set():
+                wakeup.set()
         return future
 
     def _drop_abandoned(self) -> int:
@@ -141,6 +149,7 @@ class DynamicBatcher:
         if len(live) != len(self._queue):
             self._queue.clear()
             self._queue.extend(live)
+            self._queued_rows = sum(pending.rows.shape[0] for pending in live)
         return len(live)
 
     def _ensure_running(self) -> asyncio.AbstractEventLoop:
@@ -155,6 +164,8 @@ class DynamicBatcher:
             self._loop = loop
             self._wakeup = wakeup = asyncio.Event()
             self._queue.clear()
+            self._queued_rows = 0
+            self._wake_at_rows = 1
             self._worker = None
         if self._worker is None or self._worker.done():
             if self._worker is not None and not self._worker.cancelled() and self._worker.exception():
@@ -184,7 +195,7 @@ class DynamicBatcher:
                 wakeup.clear()
                 await wakeup.wait()
                 continue
-            if self.max_delay_s > 0:
+            if self.max_delay_s > 0 and self._queued_rows < self.max_batch_size:
                 await self._wait_for_more(queue, wakeup)
             batch = self._take(queue)
             if batch:
@@ -192,27 +203,28 @@ class DynamicBatcher:
 
     async def _wait_for_more(self, queue: deque[_Pending], wakeup: asyncio.Event) -> None:
         """Wait, at most until the oldest request is ``max_delay_ms`` old, for a full batch."""
+        while queue and queue[0].future.done():  # the client went away: its delay is no one's
+            self._queued_rows -= queue.popleft().rows.shape[0]
+        if not queue:
+            return
         # Waiting for company never spends more than half of the oldest
         # request's time budget: it is there to run, not to time out.
         oldest = queue[0]
         fill_by = oldest.enqueued_at + min(self.max_delay_s, (oldest.deadline - oldest.enqueued_at) / 2)
-        while True:
-            queued_rows = 0
-            for pending in queue:
-                queued_rows += pending.rows.shape[0]
-                if queued_rows >= self.max_batch_size:
-                    return
-            remaining = fill_by - time.perf_counter()
-            if remaining <= 0:
-                return
-            wakeup.clear()
-            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a
-            # cancellation that arrives as the awaited event completes.
-            try:
-                async with asyncio.timeout(remaining):
-                    await wakeup.wait()
-            except TimeoutError:
-                return
+        remaining = fill_by - time.perf_counter()
+        if remaining <= 0:
+            return
+        wakeup.clear()
+        self._wake_at_rows = self.max_batch_size
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a
+        # cancellation that arrives as the awaited event completes.
+        try:
+            async with asyncio.timeout(remaining):
+                await wakeup.wait()
+        except TimeoutError:
+            pass
+        finally:
+            self._wake_at_rows = 1
 
     def _take(self, queue: deque[_Pending]) -> list[_Pending]:
         """Pop requests up to ``max_batch_size`` rows, answering expired and abandoned ones."""
@@ -223,9 +235,11 @@ class DynamicBatcher:
             pending = queue[0]
             if pending.future.done():  # the client went away
                 queue.popleft()
+                self._queued_rows -= pending.rows.shape[0]
                 continue
             if pending.deadline <= now:
                 queue.popleft()
+                self._queued_rows -= pending.rows.shape[0]
                 waited_ms = (now - pending.enqueued_at) * 1000.0
                 pending.future.set_exception(
                     DeadlineExceeded(f"The request waited {waited_ms:.0f} ms for {self.name} and was not run.")
@@ -238,6 +252,7 @@ class DynamicBatcher:
             queue.popleft()
             batch.append(pending)
             rows += n
+        self._queued_rows -= rows
         return batch
 
     async def _run(self, batch: list[_Pending]) -> None:

@@ -424,6 +424,29 @@ async def test_abandoned_requests_do_not_hold_places_in_a_full_queue(make_batche
     assert not model.seen(1) and not model.seen(2)
 
 
+async def test_requests_dropped_unrun_no_longer_count_towards_a_full_batch(make_batcher, model):
+    # While it waits for company the worker is woken by a full batch only;
+    # rows of requests abandoned or expired in the queue must stop counting.
+    batcher = make_batcher(max_batch_size=16, max_delay_ms=5000)
+    model.hold()
+    running = batcher.submit(rows_for(0, 16), timeout_s=10)  # a full batch: runs at once
+    await wait_until_started(model)
+    gone = batcher.submit(rows_for(1, 4), timeout_s=10)
+    gone.cancel()
+    expired = batcher.submit(rows_for(2, 4), timeout_s=0.01)
+    await asyncio.sleep(0.05)
+    model.release()
+    _, late = await answers(running, expired, return_exceptions=True)
+    assert isinstance(late, DeadlineExceeded)
+
+    started = time.perf_counter()
+    results = await answers(*(batcher.submit(rows_for(10 + i, 4), timeout_s=10) for i in range(4)))
+    assert time.perf_counter() - started < 2.5  # the fourth request filled the batch
+    assert [result.batch_size for result in results] == [16] * 4
+    assert model.sizes == [16, 16]
+    assert not model.seen(1) and not model.seen(2)
+
+
 async def test_a_lone_request_never_waits_for_company_past_its_own_deadline(make_batcher, model):
     batcher = make_batcher(max_batch_size=16, max_delay_ms=5000)
     started = time.perf_counter()

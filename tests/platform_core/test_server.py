@@ -1,11 +1,18 @@
-"""The platform's daphne: its unmasking of client frames."""
+"""The platform's daphne: its unmasking of client frames, its framing and coalescing of writes.
+
+Whole connections through a real daphne are in ``tests/streaming/test_daphne_e2e.py``.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import socket
 
 import pytest
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket import xormasker
+from twisted.internet.testing import StringTransport
 
 from platform_core import server
 
@@ -32,3 +39,98 @@ def test_the_server_makes_autobahn_use_it(monkeypatch):
     server.use_fast_unmasking()
     assert protocol.create_xor_masker is server.create_xor_masker
     assert isinstance(protocol.create_xor_masker(b"abcd", 10), server.XorMasker)
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65_535, 65_536, 70_000])
+@pytest.mark.parametrize("binary", [False, True])
+def test_data_frames_are_framed_as_autobahn_frames_them(size, binary):
+    protocol = WebSocketServerProtocol()
+    protocol.factory = WebSocketServerFactory()
+    protocol.makeConnection(StringTransport())
+    payload = os.urandom(size)
+    protocol.sendFrame(opcode=2 if binary else 1, payload=payload)
+    assert server.frame_header(size, binary) + payload == protocol.transport.value()
+
+
+class FakeTcpServer:
+    """What CoalescedWrites reads and calls of Twisted's ``tcp.Server``, over a real socket."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.connected = True
+        self._writeDisconnected = False
+        self.dataBuffer = b""
+        self.offset = 0
+        self._tempDataLen = 0
+        self.buffered: list[bytes] = []  # what went the way of Twisted's write()
+
+    def writeSomeData(self, data: bytes):
+        try:
+            return self.sock.send(data)
+        except BlockingIOError:
+            return 0
+        except OSError as exc:
+            return exc
+
+    def write(self, data: bytes) -> None:
+        self.buffered.append(data)
+        self._tempDataLen += len(data)
+
+
+@pytest.fixture
+def socket_pair():
+    left, right = socket.socketpair()
+    left.setblocking(False)
+    yield left, right
+    left.close()
+    right.close()
+
+
+async def test_writes_of_one_loop_pass_leave_in_one_send_in_order(socket_pair):
+    left, right = socket_pair
+    transport = FakeTcpServer(left)
+    writes = server.CoalescedWrites(transport, server.WriteFlusher(asyncio.get_running_loop()))
+    sends = []
+    send = transport.writeSomeData
+    transport.writeSomeData = lambda data: sends.append(data) or send(data)
+    for piece in (b"one", b"", b"two", b"three"):
+        writes.write(piece)
+    assert sends == []  # nothing before the pass ends
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert sends == [b"onetwothree"] and right.recv(100) == b"onetwothree"
+    assert transport.buffered == []
+
+
+async def test_what_the_socket_does_not_take_waits_in_twisteds_buffer_and_later_writes_queue_behind(socket_pair):
+    left, right = socket_pair
+    left.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    transport = FakeTcpServer(left)
+    writes = server.CoalescedWrites(transport, server.WriteFlusher(asyncio.get_running_loop()))
+    big = os.urandom(4 * 1024 * 1024)
+    writes.write(big)
+    writes.flush()
+    taken = len(big) - sum(map(len, transport.buffered))
+    assert 0 < taken < len(big) and b"".join(transport.buffered) == big[taken:]
+    # Twisted still holds bytes: a later write goes behind them, never around them.
+    writes.write(b"after")
+    writes.flush()
+    assert transport.buffered[-1] == b"after"
+
+
+async def test_a_closed_connection_takes_nothing_and_a_broken_one_is_left_to_twisted(socket_pair):
+    left, right = socket_pair
+    transport = FakeTcpServer(left)
+    writes = server.CoalescedWrites(transport, server.WriteFlusher(asyncio.get_running_loop()))
+    transport.connected = False
+    writes.write(b"late")
+    writes.flush()
+    assert transport.buffered == []
+    transport.connected = True
+    right.close()
+    writes.write(b"x" * 100_000)  # to a peer that is gone: send() fails
+    writes.flush()
+    writes.write(b"y" * 100_000)
+    writes.flush()
+    # Twisted's own write path meets the error again and closes the connection.
+    assert b"".join(transport.buffered).endswith(b"y" * 100_000)

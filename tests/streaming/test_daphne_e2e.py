@@ -105,6 +105,23 @@ async def test_fifty_concurrent_clients_share_batches(server, keys):
     assert max(r["batch_size"] for r in replies) > 1
 
 
+async def test_replies_beyond_the_socket_buffers_arrive_whole_to_a_slow_reader(server, keys):
+    # A client that stops reading: the server's socket fills, its sends are
+    # partial and the rest waits in the server's buffer, behind which later
+    # replies queue. Every reply must still arrive whole, once, uncorrupted.
+    rows = [[4.3 + (i % 36) / 10, 3.0, 1.1 + (i % 59) / 10, 0.1 + (i % 25) / 10] for i in range(1024)]
+    n = 120  # about 100 KB of reply each: far more than loopback buffers hold
+    async with connect(server, "/ws/v1/predict/iris/", key=keys["all"], max_queue=1) as ws:
+        await ready(ws)
+        for i in range(n):
+            await ws.send(json.dumps({"id": i, "inputs": rows}))
+        await asyncio.sleep(1.0)  # the server answers into a full socket meanwhile
+        replies = [json.loads(await asyncio.wait_for(ws.recv(), 30)) for _ in range(n)]
+    assert sorted(r["id"] for r in replies) == list(range(n))
+    assert all(r["type"] == "prediction" and len(r["outputs"]) == len(rows) for r in replies)
+    assert all(r["outputs"] == replies[0]["outputs"] for r in replies)
+
+
 async def test_errors_keep_the_connection_open(server, keys):
     async with connect(server, key=keys["all"]) as ws:
         await ready(ws)
