@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.db import connection
+from django.db import OperationalError, connection
 from prometheus_client import REGISTRY
 
 from monitoring.events import PredictionEvent
@@ -106,9 +106,21 @@ def metric() -> Callable[[str], float]:
     return value
 
 
+def _holds(condition: Callable[[], bool]) -> bool:
+    try:
+        return condition()
+    except OperationalError as exc:
+        # The test database is an in-memory SQLite database in shared-cache
+        # mode: a reader gets "table is locked" at once, no busy timeout,
+        # while the log's writer thread has an insert open. Not yet, then.
+        if "locked" in str(exc):
+            return False
+        raise
+
+
 def wait_for(condition: Callable[[], bool], timeout_s: float = 10.0, what: str = "the condition") -> None:
     deadline = time.monotonic() + timeout_s
-    while not condition():
+    while not _holds(condition):
         if time.monotonic() > deadline:
             raise AssertionError(f"Timed out after {timeout_s} s waiting for {what}.")
         time.sleep(0.02)
