@@ -109,12 +109,14 @@ def copy_data(prepared: Path, data_dir: Path) -> Path:
 
 
 def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (callers retry if it is taken since)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
-def _tail(path: Path, lines: int = 40) -> str:
+def tail(path: Path, lines: int = 60) -> str:
+    """The last ``lines`` lines of a log file, or why it could not be read."""
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError as exc:
@@ -142,7 +144,7 @@ class Server:
         return f"ws://127.0.0.1:{self.port}{PREDICT_PATH}"
 
     def log_tail(self, lines: int = 40) -> str:
-        return _tail(self.log, lines)
+        return tail(self.log, lines)
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> int:
         """SIGTERM (drain, flush the prediction log), then SIGKILL if it has not exited in time."""

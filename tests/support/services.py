@@ -14,7 +14,6 @@ import pwd
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
+
+from bench.servers import free_port, tail
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MANAGE_PY = REPO_ROOT / "manage.py"
@@ -52,21 +53,6 @@ class CommandFailed(Exception):
 
 
 # -- small utilities -------------------------------------------------------------
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (callers retry if it is taken since)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def tail(path: Path, lines: int = 60) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError as exc:
-        return f"(could not read {path}: {exc})"
-    return "\n".join(text.splitlines()[-lines:])
 
 
 def wait_until(
