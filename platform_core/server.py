@@ -234,6 +234,7 @@ class PlatformServer(Server):
         self._outer_ready_callable = self.ready_callable
         # Called by Server.run() once the factories exist, before the reactor runs.
         self.ready_callable = self._configure_factories
+        self._flusher: WriteFlusher | None = None
 
     def _configure_factories(self):
         use_fast_unmasking()
@@ -256,7 +257,7 @@ class PlatformServer(Server):
             loop = asyncio.get_running_loop()  # the asyncio reactor's loop: create_application runs on it
         except RuntimeError:
             return None
-        flusher = getattr(self, "_flusher", None)
+        flusher = self._flusher
         if flusher is None or flusher._loop is not loop:
             flusher = self._flusher = WriteFlusher(loop)
         return flusher
