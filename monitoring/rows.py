@@ -130,9 +130,19 @@ def materialize(row: Row) -> Row:
     (event_id, received_at, model, version, api_key, rid, rows, frame, reply, outcome, error,
      queue_ms, inference_ms, total_ms, batch_size) = row
     binary = type(frame) is not str
-    inputs = _body(frame, binary).get("inputs")
-    outputs = _body(reply, binary).get("outputs")
-    return _row(event_id, received_at, model, version, api_key, rid, rows, to_json(inputs), to_json(outputs),
+    inputs_json = outputs_json = None
+    if not binary:
+        # A JSON frame and its JSON reply: what orjson parsed once it writes
+        # back as it was. Anything it refuses takes the general way below.
+        try:
+            inputs_json = orjson.dumps(orjson.loads(frame)["inputs"]).decode()
+            outputs_json = orjson.dumps(orjson.loads(reply)["outputs"]).decode()
+        except (orjson.JSONDecodeError, orjson.JSONEncodeError, KeyError, TypeError):
+            inputs_json = None
+    if inputs_json is None:
+        inputs_json = to_json(_body(frame, binary).get("inputs"))
+        outputs_json = to_json(_body(reply, binary).get("outputs"))
+    return _row(event_id, received_at, model, version, api_key, rid, rows, inputs_json, outputs_json,
                 outcome, error, queue_ms, inference_ms, total_ms, batch_size)
 
 
