@@ -219,6 +219,38 @@ def _receive(fd: int, deadline: float | None = None) -> Any:
     return pickle.loads(_read_exactly(fd, size, deadline))
 
 
+class _PipeWriter:
+    """The writer process's stdin as ``pickle.dump`` writes to it: each write waits at most until ``deadline``.
+
+    The pipe is non-blocking, so a process that has stopped reading (hung,
+    stopped) makes a batch larger than the pipe's buffer a ``TimeoutError``
+    instead of a writer thread blocked for good. ``os.write`` releases the
+    GIL, so the event loop runs while a batch goes out a frame at a time.
+    """
+
+    def __init__(self, fd: int) -> None:
+        os.set_blocking(fd, False)
+        self.fd = fd
+        self.deadline = math.inf
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        while view:
+            try:
+                written = os.write(self.fd, view)
+            except BlockingIOError:
+                remaining = self.deadline - time.monotonic()
+                if remaining <= 0 or not select.select([], [self.fd], [], remaining)[1]:
+                    raise TimeoutError("the writer process did not take its batch in time") from None
+                continue
+            view = view[written:]
+        return len(data)
+
+    def send(self, message: Any, deadline: float) -> None:
+        self.deadline = deadline
+        pickle.dump(message, self, protocol=pickle.HIGHEST_PROTOCOL)
+
+
 class WriterProcess:
     """The server's handle on its writer process: started when first needed, restarted after a failure.
 
@@ -235,20 +267,21 @@ class WriterProcess:
         # (two at most), and the process may need a few seconds to start.
         self.answer_timeout_s = max(30.0, 4 * db_timeout_s)
         self._process: subprocess.Popen[bytes] | None = None
+        self._pipe: _PipeWriter | None = None  # the stdin of the process running
         self._table: tuple[str, tuple[str, ...]] | None = None
 
     def insert(self, rows: list[Row]) -> int:
         process = self._process
         if process is None or process.poll() is not None:
             process = self._start()
-        assert process.stdin is not None and process.stdout is not None
+        assert process.stdout is not None and self._pipe is not None
         try:
             # Pickled straight into the pipe, a frame at a time: a batch as one
             # bytes object (megabytes at 32-row requests) held the GIL, and so
             # the event loop, for tens of milliseconds of copying and page faults.
-            pickle.dump(("insert", rows), process.stdin, protocol=pickle.HIGHEST_PROTOCOL)
-            process.stdin.flush()
-            answer = _receive(process.stdout.fileno(), time.monotonic() + self.answer_timeout_s)
+            deadline = time.monotonic() + self.answer_timeout_s
+            self._pipe.send(("insert", rows), deadline)
+            answer = _receive(process.stdout.fileno(), deadline)
         except (OSError, EOFError, TimeoutError, pickle.PickleError, struct.error) as exc:
             self.stop()
             raise OperationalError(f"The prediction-log writer process failed: {exc}") from exc
@@ -265,6 +298,7 @@ class WriterProcess:
     def stop(self) -> None:
         """End the process: it finishes what it was given, then exits on the end of its input."""
         process, self._process = self._process, None
+        self._pipe = None
         if process is None:
             return
         try:
@@ -293,17 +327,17 @@ class WriterProcess:
         )
         self._process = process
         assert process.stdin is not None
+        self._pipe = _PipeWriter(process.stdin.fileno())
         try:
-            pickle.dump({
+            self._pipe.send({
                 "database": dict(connections[self.using].settings_dict),
                 "use_tz": settings.USE_TZ,
                 "time_zone": settings.TIME_ZONE,
                 "db_timeout_s": self.db_timeout_s,
                 "table": table,
                 "columns": columns,
-            }, process.stdin, protocol=pickle.HIGHEST_PROTOCOL)
-            process.stdin.flush()
-        except OSError as exc:
+            }, time.monotonic() + self.answer_timeout_s)
+        except (OSError, TimeoutError) as exc:
             self.stop()
             raise OperationalError(f"The prediction-log writer process did not start: {exc}") from exc
         return process

@@ -480,6 +480,54 @@ def test_the_writer_process_inserts_raw_and_final_rows_once(file_database, make_
         writer.stop()
 
 
+def test_a_batch_of_megabytes_goes_through_the_writer_process_whole(file_database, make_event):
+    from monitoring.inserter import WriterProcess
+
+    writer = WriterProcess(using="log-file", db_timeout_s=0.5)
+    try:
+        # 2,000 requests of 32 rows: about 5 MB of frames and replies, many
+        # times the pipe's buffer, pickled into it while the child reads.
+        inputs = [[float(row), 2.5, 10.25, 0.5] for row in range(32)]
+        events = [served(make_event, binary=number % 2 == 1, inputs=inputs,
+                         outputs=[{"label": "setosa", "probabilities": {"setosa": 0.5, "x": 0.5}}] * 32)
+                  for number in range(2000)]
+        rows = [recorder.raw_row(f"big-{n}", event) for n, event in enumerate(events)]
+        assert sum(len(row[7]) + len(row[8]) for row in rows) > 4_000_000
+        assert writer.insert(rows) == 2000
+        records = stored(file_database)
+        assert len(records) == 2000
+        _model, _version, stored_inputs, stored_outputs, _outcome, _total = records[events[1999].request_id]
+        assert orjson.loads(stored_inputs) == inputs
+        assert orjson.loads(stored_outputs) == events[1999].outputs
+    finally:
+        writer.stop()
+
+
+def test_a_writer_process_that_stops_reading_is_a_timeout_not_a_hang(file_database, make_event):
+    from django.db import OperationalError
+
+    from monitoring.inserter import WriterProcess
+
+    writer = WriterProcess(using="log-file", db_timeout_s=0.5)
+    try:
+        assert writer.insert([event_row("first", make_event())]) == 1
+        stopped = writer._process.pid
+        os.kill(stopped, signal.SIGSTOP)
+        writer.answer_timeout_s = 0.5
+        # Larger than the pipe's buffer: sending it cannot finish while the child is stopped.
+        big = [event_row(f"big-{n}", make_event(inputs=[[1.5] * 64] * 32)) for n in range(200)]
+        started = time.monotonic()
+        with pytest.raises(OperationalError, match="did not take its batch in time"):
+            writer.insert(big)
+        assert time.monotonic() - started < 10
+        assert writer._process is None
+        assert writer.insert(big) == 200  # a new process, the same batch
+        assert writer._process.pid != stopped
+    finally:
+        writer.stop()
+    assert len(stored(file_database)) == 201
+
+
 def test_the_writer_process_reports_a_locked_database_and_carries_on(file_database, make_event):
     from django.db import OperationalError
 
