@@ -1,16 +1,18 @@
 """Errors raised by the model registry, the runtimes and the batching pool."""
 
+from .outcomes import Outcome
+
 
 class InferenceError(Exception):
     """Base class for every error the inference layer raises."""
 
-    code = "internal"
+    code: str = Outcome.INTERNAL.value
 
 
 class ArtifactError(InferenceError):
     """A model artifact is missing, unreadable or of an unsupported framework."""
 
-    code = "model_unavailable"
+    code = Outcome.MODEL_UNAVAILABLE.value
 
 
 class ArtifactChecksumMismatch(ArtifactError):
@@ -24,25 +26,25 @@ class UntrustedArtifact(ArtifactError):
 class UnknownModel(InferenceError):
     """No such model or version is registered, or the caller may not use it."""
 
-    code = "unknown_model"
+    code = Outcome.UNKNOWN_MODEL.value
 
 
 class ModelUnavailable(InferenceError):
     """The model exists but is not loaded, or failed to load."""
 
-    code = "model_unavailable"
+    code = Outcome.MODEL_UNAVAILABLE.value
 
 
 class InvalidInput(InferenceError):
     """The request's rows do not fit the model's input schema."""
 
-    code = "invalid_input"
+    code = Outcome.INVALID_INPUT.value
 
 
 class Overloaded(InferenceError):
     """The model's queue is full; the client should retry later."""
 
-    code = "overloaded"
+    code = Outcome.OVERLOADED.value
 
     def __init__(self, message: str, retry_after_ms: int) -> None:
         super().__init__(message)
@@ -52,10 +54,10 @@ class Overloaded(InferenceError):
 class DeadlineExceeded(InferenceError):
     """The request waited in the queue past its deadline and was not run."""
 
-    code = "timeout"
+    code = Outcome.TIMEOUT.value
 
 
 class ModelCallFailed(InferenceError):
     """The model raised, or returned output that does not fit the batch."""
 
-    code = "internal"
+    code: str = Outcome.INTERNAL.value

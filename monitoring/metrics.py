@@ -38,6 +38,8 @@ from prometheus_client import (
     values,
 )
 
+from inference import outcomes
+
 from . import events
 
 if TYPE_CHECKING:
@@ -48,10 +50,7 @@ logger = logging.getLogger(__name__)
 NAMESPACE = "platform"
 
 #: Every ``outcome`` label value: "ok" and the protocol's error codes.
-OUTCOMES = frozenset({
-    "ok", "invalid_json", "invalid_request", "invalid_input", "unknown_model",
-    "model_unavailable", "overloaded", "rate_limited", "timeout", "internal",
-})
+OUTCOMES = outcomes.OUTCOMES
 #: The label value for a model or version that is not one this process serves.
 NO_LABEL = ""
 

@@ -2,27 +2,18 @@
 
 from django.db import models
 
+from inference.outcomes import MODEL_NAME_LENGTH
+from inference.outcomes import Outcome as OutcomeCode
+
 # Widths of the text columns; the writer (monitoring.recorder) cuts longer
 # values, a model name in a refused frame being whatever the client sent.
-MODEL_NAME_LENGTH = 64
 API_KEY_NAME_LENGTH = 100
 REQUEST_ID_LENGTH = 128
 OUTCOME_LENGTH = 32
 
 
-class Outcome(models.TextChoices):
-    """``ok`` or one of the protocol's error codes (docs: PROTOCOL.md, "Errors")."""
-
-    OK = "ok", "ok"
-    INVALID_JSON = "invalid_json", "invalid_json"
-    INVALID_REQUEST = "invalid_request", "invalid_request"
-    INVALID_INPUT = "invalid_input", "invalid_input"
-    UNKNOWN_MODEL = "unknown_model", "unknown_model"
-    MODEL_UNAVAILABLE = "model_unavailable", "model_unavailable"
-    OVERLOADED = "overloaded", "overloaded"
-    RATE_LIMITED = "rate_limited", "rate_limited"
-    TIMEOUT = "timeout", "timeout"
-    INTERNAL = "internal", "internal"
+#: ``ok`` or one of the protocol's error codes (docs: PROTOCOL.md, "Errors"), as model choices.
+Outcome = models.TextChoices("Outcome", [(code.name, (code.value, code.value)) for code in OutcomeCode])
 
 
 class PredictionRecord(models.Model):

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from streaming.protocol import decode
+from inference.codec import loads_json, loads_msgpack
 
 from .events import PredictionEvent
 
@@ -148,9 +148,8 @@ def materialize(row: Row) -> Row:
 
 def _body(payload: str | bytes, binary: bool) -> dict[str, Any]:
     """A frame or reply the server has already parsed or written once, read with the server's own parser."""
-    if isinstance(payload, str):
-        return decode(payload, None).body
-    return decode(None, payload).body if binary else decode(payload.decode(), None).body
+    body = loads_msgpack(payload) if binary and isinstance(payload, bytes) else loads_json(payload)
+    return body if type(body) is dict else {}
 
 
 def _clean_text(value: Any) -> Any:

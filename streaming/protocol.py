@@ -7,12 +7,13 @@ the protocol leaves open.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
 import msgpack
 import orjson
+
+from inference.codec import DecodeError, loads_json, loads_msgpack
 
 PROTOCOL_VERSION = 1
 MAX_ID_LENGTH = 128
@@ -50,39 +51,22 @@ def decode(text: str | None, data: bytes | None) -> Frame:
         binary = False
         size = len(text)
         try:
-            body = orjson.loads(text)
-        except orjson.JSONDecodeError as exc:
-            body = _strict_json_fallback(text, exc)
+            body = loads_json(text)
+        except DecodeError as exc:
+            raise ProtocolError("invalid_json", str(exc)) from None
     elif data is not None:
         binary = True
         size = len(data)
         try:
-            body = msgpack.unpackb(data, raw=False, strict_map_key=True)
-        except Exception as exc:
-            raise ProtocolError("invalid_json", f"The frame is not valid MessagePack: {exc}.") from None
+            body = loads_msgpack(data)
+        except DecodeError as exc:
+            raise ProtocolError("invalid_json", str(exc)) from None
     else:
         raise ProtocolError("invalid_json", "The frame is empty.")
     if type(body) is not dict:
         kind = "MessagePack map" if binary else "JSON object"
         raise ProtocolError("invalid_json", f"The frame must be a {kind}.")
     return Frame(body, binary, size)
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _strict_json_fallback(text: str, error: orjson.JSONDecodeError) -> Any:
-    """Parse what orjson refuses but JSON allows: numbers too large for a double.
-
-    ``1e999`` is valid JSON that no double can hold; it reaches the schema as
-    infinity and is refused there as ``invalid_input``, with the request's id.
-    The non-standard ``NaN`` and ``Infinity`` literals stay invalid JSON.
-    """
-    try:
-        return json.loads(text, parse_constant=_reject_constant)
-    except ValueError:
-        raise ProtocolError("invalid_json", f"The frame is not valid JSON: {error.msg}.") from None
 
 
 def request_id(body: dict[str, Any]) -> Any:
