@@ -1,7 +1,7 @@
 """``/ws/v1/dashboard/``: the whole platform's live statistics, for staff browsers.
 
 The consumer joins the channel-layer group every process publishes its
-snapshot to (``frontend.stats``) and, once a second, sends its browser one
+snapshot to (``monitoring.livestats``) and, once a second, sends its browser one
 message with all the live processes merged (``frontend.merge``).
 """
 
@@ -14,10 +14,10 @@ from typing import Any
 
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
-from monitoring import events
+from monitoring import events, livestats
+from monitoring.livestats import DASHBOARD_GROUP
 
 from .merge import PlatformView
-from .stats import DASHBOARD_GROUP, aggregator
 
 logger = logging.getLogger(__name__)
 
@@ -54,13 +54,13 @@ class DashboardConsumer(AsyncJsonWebsocketConsumer):
         await self.channel_layer.group_add(DASHBOARD_GROUP, self.channel_name)
         self.joined = True
         events.connection_change(+1)
-        aggregator.dashboard_opened()
+        livestats.aggregator.dashboard_opened()
         await self.send_json({
             "type": "hello",
             "user": user.get_username(),
             "interval_s": self.interval_s,
-            "process": aggregator.process_id,
-            "publishing": aggregator.enabled,
+            "process": livestats.aggregator.process_id,
+            "publishing": livestats.aggregator.enabled,
         })
         self.ticker = asyncio.ensure_future(self._send_every_second())
 
@@ -71,7 +71,7 @@ class DashboardConsumer(AsyncJsonWebsocketConsumer):
         if self.joined:
             self.joined = False
             await self.channel_layer.group_discard(DASHBOARD_GROUP, self.channel_name)
-            aggregator.dashboard_closed()
+            livestats.aggregator.dashboard_closed()
             events.connection_change(-1)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs: Any) -> None:

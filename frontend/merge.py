@@ -1,6 +1,6 @@
 """The whole platform from its processes' snapshots: what one dashboard message shows.
 
-Every process publishes a snapshot a second (``frontend.stats``); a dashboard
+Every process publishes a snapshot a second (``monitoring.livestats``); a dashboard
 consumer feeds them all to a ``PlatformView`` and sends ``message()`` to its
 browser once a second. Totals since start are exact sums of the processes'
 latest totals. Per-second figures are each process's rates over the windows
@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .stats import BATCH_BUCKET_LABELS, BATCH_BUCKETS
+from monitoring.livestats import BATCH_BUCKET_LABELS, BATCH_BUCKETS
 
 # A process not heard from for this long has stopped (or lost the channel
 # layer) and leaves the view; its totals leave the platform's totals with it.

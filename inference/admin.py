@@ -1,53 +1,15 @@
 from django.contrib import admin, messages
-from django.db.models import Count, IntegerField, OuterRef, Q, Subquery
-from django.db.models.functions import Coalesce
 
 from .models import MLModel, ModelVersion
 
 
-def with_traffic(versions):
-    """``versions`` annotated with ``requests`` and ``errors``, counted from the prediction log.
-
-    Each count reads only the log's (model, version, outcome) index entries of
-    one version.
-    """
-    from monitoring.models import Outcome, PredictionRecord
-
-    def counted(condition):
-        records = (
-            PredictionRecord.objects.filter(condition, model=OuterRef("model__name"), version=OuterRef("version"))
-            .order_by()
-            .values("model")
-            .annotate(count=Count("*"))
-            .values("count")
-        )
-        return Coalesce(Subquery(records, output_field=IntegerField()), 0)
-
-    return versions.annotate(requests=counted(Q()), errors=counted(~Q(outcome=Outcome.OK)))
-
-
-class TrafficColumns:
-    """Requests and errors of each version, from the prediction log."""
-
-    @admin.display(description="requests", ordering="requests")
-    def requests(self, obj):
-        return obj.requests
-
-    @admin.display(description="errors", ordering="errors")
-    def errors(self, obj):
-        return obj.errors
-
-
-class ModelVersionInline(TrafficColumns, admin.TabularInline):
+class ModelVersionInline(admin.TabularInline):
     model = ModelVersion
     extra = 0
-    fields = ["version", "framework", "artifact", "status", "is_active", "requests", "errors", "created_at"]
-    readonly_fields = ["version", "framework", "artifact", "created_at", "is_active", "requests", "errors"]
+    fields = ["version", "framework", "artifact", "status", "is_active", "created_at"]
+    readonly_fields = ["version", "framework", "artifact", "created_at", "is_active"]
     show_change_link = True
     can_delete = False
-
-    def get_queryset(self, request):
-        return with_traffic(super().get_queryset(request))
 
 
 @admin.register(MLModel)
@@ -68,17 +30,15 @@ class MLModelAdmin(admin.ModelAdmin):
 
 
 @admin.register(ModelVersion)
-class ModelVersionAdmin(TrafficColumns, admin.ModelAdmin):
-    list_display = ["__str__", "framework", "status", "is_active", "requests", "errors", "checksum_short",
-                    "created_at"]
+class ModelVersionAdmin(admin.ModelAdmin):
+    list_display = ["__str__", "framework", "status", "is_active", "checksum_short", "created_at"]
     list_filter = ["framework", "status", "is_active", "model"]
     search_fields = ["model__name", "artifact", "checksum"]
-    readonly_fields = ["model", "version", "framework", "artifact", "checksum", "is_active", "requests", "errors",
-                       "created_at"]
+    readonly_fields = ["model", "version", "framework", "artifact", "checksum", "is_active", "created_at"]
     actions = ["make_active"]
 
     def get_queryset(self, request):
-        return with_traffic(super().get_queryset(request).select_related("model"))
+        return super().get_queryset(request).select_related("model")
 
     @admin.display(description="checksum")
     def checksum_short(self, obj):

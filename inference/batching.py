@@ -27,7 +27,6 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import numpy as np
-from django.core.exceptions import ImproperlyConfigured
 
 from .exceptions import DeadlineExceeded, ModelCallFailed, Overloaded
 
@@ -64,6 +63,8 @@ class BatchStats:
     requests: int
     inference_ms: float
     failed: bool
+    #: Requests still waiting in the queue when the call finished.
+    queue_depth: int = 0
 
 
 class DynamicBatcher:
@@ -81,11 +82,11 @@ class DynamicBatcher:
         on_batch: Callable[[BatchStats], None] | None = None,
     ) -> None:
         if not isinstance(max_batch_size, int) or max_batch_size < 1:
-            raise ImproperlyConfigured(f"max_batch_size for {name} must be a positive integer, not {max_batch_size!r}.")
+            raise ValueError(f"max_batch_size for {name} must be a positive integer, not {max_batch_size!r}.")
         if not isinstance(max_delay_ms, (int, float)) or not math.isfinite(max_delay_ms) or max_delay_ms < 0:
-            raise ImproperlyConfigured(f"max_delay_ms for {name} must be a finite number >= 0, not {max_delay_ms!r}.")
+            raise ValueError(f"max_delay_ms for {name} must be a finite number >= 0, not {max_delay_ms!r}.")
         if not isinstance(queue_capacity, int) or queue_capacity < 1:
-            raise ImproperlyConfigured(f"queue_capacity for {name} must be a positive integer, not {queue_capacity!r}.")
+            raise ValueError(f"queue_capacity for {name} must be a positive integer, not {queue_capacity!r}.")
         self.call = call
         self.executor = executor
         self.max_batch_size = max_batch_size
@@ -309,6 +310,6 @@ class DynamicBatcher:
     def _observe(self, rows: int, requests: int, inference_ms: float, *, failed: bool) -> None:
         if self.on_batch is not None:
             try:
-                self.on_batch(BatchStats(rows, requests, inference_ms, failed))
+                self.on_batch(BatchStats(rows, requests, inference_ms, failed, len(self._queue)))
             except Exception:  # an observer must never break serving
                 logger.exception("Batch observer for %s failed", self.name)

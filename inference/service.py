@@ -8,81 +8,42 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from django.conf import settings
 
-from monitoring import events
-
 from .batching import BatchResult, BatchStats, DynamicBatcher
-from .exceptions import ArtifactError, InferenceError, ModelCallFailed, ModelUnavailable, UnknownModel
+from .exceptions import ArtifactError, ModelUnavailable, UnknownModel
 from .runtimes.base import Runtime
 from .schema import InputSchema
+from .served import NO_LABEL, ModelState, ServedModel, ServedVersion, VersionState
 
 logger = logging.getLogger(__name__)
 
+#: Called on the event loop after every model call: ``observer(model, version, stats)``.
+BatchObserver = Callable[[str, int, BatchStats], None]
 
-@dataclass
-class ModelEntry:
-    """One model version as this process serves it (or failed to)."""
-
-    name: str
-    version: int
-    task: str
-    schema: InputSchema
-    outputs: str
-    classes: list[str] | None = None
-    batcher: DynamicBatcher | None = None
-    device: str = "cpu"
-    error: str | None = None
-    load_ms: float = 0.0
-
-    @property
-    def ready(self) -> bool:
-        return self.batcher is not None
-
-    def format_outputs(self, outputs: np.ndarray, *, known_finite: bool = False) -> list[dict[str, Any]]:
-        """Turn a request's slice of the model's output into the protocol's output rows.
-
-        ``known_finite``: the caller already checked that every value is a finite number.
-        """
-        if not known_finite and outputs.dtype.kind == "f" and not np.isfinite(outputs).all():
-            raise ModelCallFailed(f"The model {self.name} produced a value that is not a finite number.")
-        if self.task == "classification" and self.classes is not None and outputs.ndim == 2:
-            classes = self.classes
-            winners = outputs.argmax(axis=1).tolist()
-            return [
-                {"label": classes[winner], "probabilities": dict(zip(classes, row, strict=False))}
-                for winner, row in zip(winners, outputs.tolist(), strict=False)
-            ]
-        return [{"value": value} for value in outputs.tolist()]
+# Process-wide, like the pool itself: whoever observes (monitoring, through the
+# composition root) does not need to know which pool instance serves.
+_batch_observers: list[BatchObserver] = []
 
 
-@dataclass
-class ModelInfo:
-    """A registered model: its schema and which version serves by default."""
-
-    name: str
-    task: str
-    inputs: list[str]
-    outputs: str
-    active_version: int | None
-    versions: dict[int, ModelEntry] = field(default_factory=dict)
-
-    def describe(self) -> dict[str, Any]:
-        return {"version": self.active_version, "inputs": self.inputs, "outputs": self.outputs}
+def observe_batches(observer: BatchObserver) -> None:
+    """Call ``observer(model, version, stats)`` after every model call of this process; it must return at once."""
+    if observer not in _batch_observers:
+        _batch_observers.append(observer)
 
 
 class InferenceService:
     """Loads models from the registry and serves them through dynamic batchers."""
 
     def __init__(self) -> None:
-        self._models: dict[str, ModelInfo] = {}
+        self._models: dict[str, ServedModel] = {}
         self._executors: dict[str, ThreadPoolExecutor] = {}
         self._lock = threading.Lock()
         self.loaded_at: float | None = None
+
 
     # -- loading --------------------------------------------------------------------
 
@@ -95,20 +56,20 @@ class InferenceService:
 
     def load_all(self) -> None:
         """Load and warm up every ready version in the registry; called before the server accepts connections."""
+        from .artifacts import load_runtime
         from .models import MLModel, ModelVersion
-        from .registry import load_runtime
 
-        models: dict[str, ModelInfo] = {}
+        models: dict[str, ServedModel] = {}
         queryset = MLModel.objects.prefetch_related("versions").order_by("name")
         for mlmodel in queryset:
             versions = [v for v in mlmodel.versions.all() if v.status != ModelVersion.Status.RETIRED]
             active = next((v.version for v in versions if v.is_active), None)
-            info = ModelInfo(mlmodel.name, mlmodel.task, list(mlmodel.inputs), mlmodel.outputs, active)
+            info = ServedModel(mlmodel.name, mlmodel.task, list(mlmodel.inputs), mlmodel.outputs, active)
             max_batch_size = mlmodel.max_batch_size or settings.PLATFORM_MAX_BATCH_SIZE
             max_delay_ms = mlmodel.max_delay_ms if mlmodel.max_delay_ms is not None else settings.PLATFORM_MAX_DELAY_MS
             queue_capacity = mlmodel.queue_capacity or settings.PLATFORM_QUEUE_CAPACITY
             for version in versions:
-                entry = ModelEntry(
+                entry = ServedVersion(
                     name=mlmodel.name,
                     version=version.version,
                     task=mlmodel.task,
@@ -135,7 +96,7 @@ class InferenceService:
             self._models = models
             self.loaded_at = time.time()
 
-    def attach(self, entry: ModelEntry, runtime: Runtime, *, max_batch_size: int, max_delay_ms: float,
+    def attach(self, entry: ServedVersion, runtime: Runtime, *, max_batch_size: int, max_delay_ms: float,
                queue_capacity: int) -> None:
         """Serve ``entry`` with ``runtime`` behind a new dynamic batcher."""
         if entry.task == "classification":
@@ -153,7 +114,7 @@ class InferenceService:
         )
 
     @staticmethod
-    def _check_classes(entry: ModelEntry, runtime: Runtime) -> None:
+    def _check_classes(entry: ServedVersion, runtime: Runtime) -> None:
         """Refuse a classifier whose probability columns do not match its class labels."""
         probe = runtime.predict(np.zeros((1, entry.schema.n_features)))
         classes = runtime.classes or []
@@ -163,14 +124,18 @@ class InferenceService:
                 f"but its model returns {probe.shape[1] if probe.ndim == 2 else 'no'} probability columns."
             )
 
-    def add_model(self, info: ModelInfo) -> None:
+    def add_model(self, info: ServedModel) -> None:
         """Serve a model that was built in code rather than loaded from the registry."""
         with self._lock:
             self._models = {**self._models, info.name: info}
 
     def _batch_observer(self, name: str, version: int) -> Callable[[BatchStats], None]:
         def observe(stats: BatchStats) -> None:
-            events.batch(name, version, stats)
+            for observer in _batch_observers:
+                try:
+                    observer(name, version, stats)
+                except Exception:  # an observer must never cost a reply
+                    logger.exception("Batch observer %r failed", observer)
 
         return observe
 
@@ -182,7 +147,7 @@ class InferenceService:
     def has_model(self, name: str) -> bool:
         return name in self._models
 
-    def entry(self, name: str, version: int | None = None, allowed: Iterable[str] | None = None) -> ModelEntry:
+    def entry(self, name: str, version: int | None = None, allowed: Iterable[str] | None = None) -> ServedVersion:
         """Return the entry that serves ``name`` (at ``version``, default the active one)."""
         info = self._models.get(name)
         if info is None or (allowed is not None and name not in allowed):
@@ -206,8 +171,36 @@ class InferenceService:
             if allowed_set is None or name in allowed_set
         }
 
-    def entries(self) -> list[ModelEntry]:
+    def entries(self) -> list[ServedVersion]:
         return [entry for info in self._models.values() for entry in info.versions.values()]
+
+    def labels(self, model: Any, version: Any) -> tuple[str, str]:
+        """Bounded ``(model, version)`` label values for what a request named.
+
+        The name and number where this process serves them, :data:`NO_LABEL`
+        for anything else, so that made-up names cannot grow a metric or a
+        dashboard table.
+        """
+        info = self._models.get(model) if isinstance(model, str) else None
+        if info is None:
+            return NO_LABEL, NO_LABEL
+        if type(version) is not int or version not in info.versions:
+            return model, NO_LABEL
+        return model, str(version)
+
+    def snapshot(self) -> list[ModelState]:
+        """Every served model's state at this moment: its active version, each version's queue and model call."""
+        return [
+            ModelState(info.name, info.active_version, tuple(
+                VersionState(
+                    version=entry.version, loaded=entry.batcher is not None, device=entry.device,
+                    queue_depth=0 if entry.batcher is None else entry.batcher.queue_depth,
+                    computing_rows=0 if entry.batcher is None else entry.batcher.in_flight_rows,
+                )
+                for entry in info.versions.values()
+            ))
+            for info in self._models.values()
+        ]
 
     def health(self) -> dict[str, Any]:
         loaded = [f"{e.name}:{e.version}" for e in self.entries() if e.ready]
@@ -216,17 +209,13 @@ class InferenceService:
 
     # -- serving --------------------------------------------------------------------
 
-    def submit(self, entry: ModelEntry, rows: np.ndarray, *, received_at: float) -> asyncio.Future[BatchResult]:
+    def submit(self, entry: ServedVersion, rows: np.ndarray, *, received_at: float) -> asyncio.Future[BatchResult]:
         """Queue rows for ``entry``; returns a future of ``BatchResult``. Raises ``Overloaded`` when full."""
         if entry.batcher is None:
             raise ModelUnavailable(f"Version {entry.version} of {entry.name!r} is not loaded.")
         return entry.batcher.submit(
             rows, timeout_s=settings.PLATFORM_REQUEST_TIMEOUT_MS / 1000.0, now=received_at
         )
-
-    async def predict(self, entry: ModelEntry, rows: np.ndarray, *, received_at: float | None = None) -> BatchResult:
-        received = time.perf_counter() if received_at is None else received_at
-        return await self.submit(entry, rows, received_at=received)
 
     def shutdown(self) -> None:
         for executor in self._executors.values():
@@ -247,4 +236,4 @@ def get_service() -> InferenceService:
     return _service
 
 
-__all__ = ["InferenceService", "ModelEntry", "get_service", "InferenceError"]
+__all__ = ["InferenceService", "ServedModel", "ServedVersion", "get_service"]

@@ -1,7 +1,8 @@
 """What the serving path reports, and who listens.
 
-``streaming`` and ``inference`` call these functions on the event loop, once
-per request, connection or batch; each registered sink must return at once
+``streaming`` calls these functions on the event loop, once per request or
+connection, and the inference pool's batch observer (wired by
+``platform_core``) once per model call; each registered sink must return at once
 (append to a buffer, bump a counter) and never touch the database or the
 network on the caller's time.
 """
@@ -42,6 +43,10 @@ class PredictionEvent:
     #: parses these for the inputs and outputs off the event loop.
     frame: str | bytes | None = None
     reply: bytes | None = None
+    #: The bounded ``(model, version)`` label values for metrics and the
+    #: dashboard: the name and number where the server serves them, ``""``
+    #: otherwise (a made-up name must not grow a metric or a table).
+    labels: tuple[str, str] = ("", "")
 
 
 PredictionSink = Callable[[PredictionEvent], None]
@@ -74,7 +79,11 @@ def on_in_flight_change(sink: ConnectionSink) -> None:
 
 
 def on_batch(sink: BatchSink) -> None:
-    """``sink(model, version, stats)`` after every model call, stats an ``inference.batching.BatchStats``."""
+    """``sink(model, version, stats)`` after every model call, stats an ``inference.batching.BatchStats``.
+
+    The inference pool does not know this module: the composition root
+    (``platform_core``) hands :func:`batch` to it as its batch observer.
+    """
     _add(_batch_sinks, sink)
 
 

@@ -24,7 +24,7 @@ import atexit
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -38,12 +38,13 @@ from prometheus_client import (
     values,
 )
 
-from inference import outcomes
+from inference import outcomes, served
 
 from . import events
 
 if TYPE_CHECKING:
     from inference.batching import BatchStats
+    from inference.served import ModelState
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ NAMESPACE = "platform"
 #: Every ``outcome`` label value: "ok" and the protocol's error codes.
 OUTCOMES = outcomes.OUTCOMES
 #: The label value for a model or version that is not one this process serves.
-NO_LABEL = ""
+NO_LABEL = served.NO_LABEL
 
 # Fine enough to tell a 1 ms reply from a 2 ms one, wide enough to reach the
 # default request timeout (PLATFORM_REQUEST_TIMEOUT_MS, 5 s).
@@ -225,25 +226,6 @@ class _Pending:
 _pending = _Pending()
 
 
-def _service() -> Any:
-    # Imported when first needed: inference.service reports to monitoring.events.
-    from inference.service import get_service
-
-    return get_service()
-
-
-def bounded_labels(model: Any, version: Any) -> tuple[str, str]:
-    """The ``model`` and ``version`` label values for what a request named."""
-    service = _service()
-    if not isinstance(model, str) or not service.has_model(model):
-        return NO_LABEL, NO_LABEL
-    if type(version) is not int:
-        return model, NO_LABEL
-    if any(entry.name == model and entry.version == version for entry in service.entries()):
-        return model, str(version)
-    return model, NO_LABEL
-
-
 def _new_request_series(model: str, version: str, outcome: str) -> RequestSeries:
     key = (model, version, outcome)
     series = _request_series_by_labels.get(key)
@@ -252,8 +234,9 @@ def _new_request_series(model: str, version: str, outcome: str) -> RequestSeries
     return series
 
 
-def _request_series_for(model: Any, version: Any, outcome: str) -> RequestSeries:
-    model_label, version_label = bounded_labels(model, version)
+def _request_series_for(event: events.PredictionEvent) -> RequestSeries:
+    model, version, outcome = event.model, event.version, event.outcome
+    model_label, version_label = event.labels
     # Codes come from the platform, not the client; an unexpected one is a bug
     # to be seen as an internal error, not a new series.
     outcome_label = outcome if outcome in OUTCOMES else "internal"
@@ -264,7 +247,8 @@ def _request_series_for(model: Any, version: Any, outcome: str) -> RequestSeries
 
 
 def _batch_series_for(model: str, version: int) -> BatchSeries:
-    key = bounded_labels(model, version)
+    # Only served versions run model calls: their name and number are bounded labels.
+    key = (model, str(version))
     series = _batch_series.get(key)
     if series is None:
         series = (
@@ -284,7 +268,7 @@ def observe_prediction(event: events.PredictionEvent) -> None:
     """Called on the event loop for every answered request: remembers it for the next :func:`flush`."""
     series = _request_series.get((event.model, event.version, event.outcome))
     if series is None:
-        series = _request_series_for(event.model, event.version, event.outcome)
+        series = _request_series_for(event)
     series.count += 1
     if event.total_ms is not None:
         series.durations_ms.append(event.total_ms)
@@ -348,17 +332,7 @@ def observe_batch(model: str, version: int, stats: BatchStats) -> None:
     observe_call(stats.inference_ms * 0.001)
     if not stats.failed:
         count_rows(stats.rows)
-    set_queue_depth(_queue_depth(model, version))
-
-
-def _queue_depth(model: str, version: int) -> int:
-    from inference.exceptions import InferenceError
-
-    try:
-        batcher = _service().entry(model, version).batcher
-    except InferenceError:  # unloaded since the call: nothing waits for it any more
-        return 0
-    return 0 if batcher is None else batcher.queue_depth
+    set_queue_depth(stats.queue_depth)
 
 
 def refresh() -> None:
@@ -371,9 +345,12 @@ def refresh() -> None:
     holds requests is being worked on.
     """
     _flush_where_observed()
-    for entry in _service().entries():
-        if entry.batcher is not None:
-            _batch_series_for(entry.name, entry.version)[3](entry.batcher.queue_depth)
+    source = _serving_state
+    if source is not None:
+        for model in source():
+            for version in model.versions:
+                if version.loaded:
+                    _batch_series_for(model.name, version.version)[3](version.queue_depth)
 
 
 def _flush_where_observed(timeout_s: float = 1.0) -> None:
@@ -432,22 +409,25 @@ def mark_process_dead() -> None:
         multiprocess.mark_process_dead(os.getpid(), path)
 
 
-async def _flush_on_shutdown() -> None:
-    """Called when the server shuts down, after the connections were drained."""
+async def shutdown() -> None:
+    """Called when the server shuts down, after the connections were drained: the last numbers go out."""
     flush()
+    if multiprocess_dir() is not None:
+        mark_process_dead()
 
 
-async def _mark_process_dead_on_shutdown() -> None:
-    """Called when the server shuts down, after the connections were drained."""
-    mark_process_dead()
+#: What the server serves right now (every version's queue depth), read at each scrape;
+#: handed in by the composition root, since this module does not know the inference pool.
+ServingState = Callable[[], Iterable["ModelState"]]
+_serving_state: ServingState | None = None
+_installed = False
 
 
-_installed = {"done": False}
-
-
-def install() -> None:
-    """Register the metric sinks on monitoring.events."""
-    if _installed["done"]:
+def install(serving_state: ServingState | None = None) -> None:
+    """Register the metric sinks on monitoring.events; ``serving_state`` is read before each scrape."""
+    global _installed, _serving_state
+    _serving_state = serving_state
+    if _installed:
         return
     _check_mode()
     # _created series double the counters in the text format, and no query
@@ -457,12 +437,8 @@ def install() -> None:
     events.on_batch(observe_batch)
     events.on_in_flight_change(observe_in_flight)
     events.on_connection_change(WEBSOCKET_CONNECTIONS.inc)
-    from platform_core.lifecycle import on_shutdown
-
-    on_shutdown(_flush_on_shutdown, order=80)
     if multiprocess_dir() is not None:
-        on_shutdown(_mark_process_dead_on_shutdown, order=90)
-        # Also for processes that never run the shutdown hooks (manage.py
+        # For processes that never run the shutdown hooks (manage.py
         # commands, a server stopped without its signal handlers).
         atexit.register(mark_process_dead)
-    _installed["done"] = True
+    _installed = True

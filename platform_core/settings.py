@@ -99,6 +99,8 @@ INSTALLED_APPS = [
     "streaming",
     "monitoring",
     "frontend",
+    # Last: its ready() wires the apps above together (platform_core.wiring).
+    "platform_core",
 ]
 
 MIDDLEWARE = [

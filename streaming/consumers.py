@@ -22,11 +22,12 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from inference.exceptions import InferenceError, ModelCallFailed, Overloaded
-from inference.service import InferenceService, ModelEntry, get_service
+from inference.served import ServedVersion
+from inference.service import InferenceService, get_service
 from monitoring import events
 from monitoring.events import PredictionEvent
 
-from . import protocol
+from . import protocol, replies
 from .auth import ANONYMOUS, Client, authenticate, bearer_token, rate_limits
 from .protocol import ProtocolError
 from .transport import DirectReadLoop, frame_sender
@@ -57,7 +58,7 @@ live_consumers: weakref.WeakSet[PredictConsumer] = weakref.WeakSet()
 class _Request:
     """What the reply to an accepted predict frame and its log record need."""
 
-    entry: ModelEntry
+    entry: ServedVersion
     rid: Any
     inputs: Any
     n_rows: int
@@ -226,7 +227,7 @@ class PredictConsumer(DirectReadLoop, AsyncWebsocketConsumer):
                 rid,
                 retry_after_ms=max(1, round(wait_ms)),
             )
-        entry: ModelEntry | None = None
+        entry: ServedVersion | None = None
         try:
             if len(self.in_flight) >= self.max_in_flight:
                 raise Overloaded(
@@ -304,7 +305,7 @@ class PredictConsumer(DirectReadLoop, AsyncWebsocketConsumer):
         entry = request.entry
         try:
             result = future.result()
-            outputs = entry.format_outputs(result.outputs, known_finite=result.all_finite)
+            outputs = replies.output_rows(entry, result.outputs, known_finite=result.all_finite)
         except Exception as exc:
             if not isinstance(exc, InferenceError):
                 logger.error("Request %r to %s v%s failed", request.rid, entry.name, entry.version, exc_info=exc)
@@ -313,19 +314,7 @@ class PredictConsumer(DirectReadLoop, AsyncWebsocketConsumer):
             return (protocol.error(exc.code, str(exc), request.rid), exc.code, None,
                     {"total_ms": total_ms, "error": str(exc)})
         total_ms = (time.perf_counter() - request.received) * 1000.0
-        reply = {
-            "type": "prediction",
-            "id": request.rid,
-            "model": entry.name,
-            "version": entry.version,
-            "outputs": outputs,
-            "batch_size": result.batch_size,
-            "timing": {
-                "queue_ms": round(result.queue_ms, 3),
-                "inference_ms": round(result.inference_ms, 3),
-                "total_ms": round(total_ms, 3),
-            },
-        }
+        reply = replies.prediction(request.rid, entry, outputs, result, total_ms)
         return reply, "ok", outputs, {
             "queue_ms": result.queue_ms, "inference_ms": result.inference_ms, "total_ms": total_ms,
             "batch_size": result.batch_size,
@@ -337,7 +326,7 @@ class PredictConsumer(DirectReadLoop, AsyncWebsocketConsumer):
         text, data = protocol.encode(message, binary)
         await self.send(text_data=text, bytes_data=data)
 
-    def _emit(self, entry: ModelEntry, rid: Any, n_rows: int, inputs: Any, outputs: Any, outcome: str,
+    def _emit(self, entry: ServedVersion, rid: Any, n_rows: int, inputs: Any, outputs: Any, outcome: str,
               received_wall: float, **fields: Any) -> None:
         """Report an answered request; ``fields``: its timings, and for a prediction its frame and reply."""
         client = self.client
@@ -352,6 +341,7 @@ class PredictConsumer(DirectReadLoop, AsyncWebsocketConsumer):
                 inputs=inputs,
                 outputs=outputs,
                 outcome=outcome,
+                labels=entry.labels,
                 **fields,
             )
         )
@@ -364,6 +354,9 @@ class PredictConsumer(DirectReadLoop, AsyncWebsocketConsumer):
         version = body.get("version")
         if exc.entry is not None:
             model, version = exc.entry.name, exc.entry.version
+            labels = exc.entry.labels
+        else:
+            labels = self.service.labels(model, version)
         inputs = body.get("inputs")
         client = self.client
         events.prediction(
@@ -379,6 +372,7 @@ class PredictConsumer(DirectReadLoop, AsyncWebsocketConsumer):
                 outcome=exc.code,
                 total_ms=(time.perf_counter() - received) * 1000.0,
                 error=exc.message,
+                labels=labels,
             )
         )
 

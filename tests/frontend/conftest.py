@@ -6,25 +6,17 @@ import http.cookiejar
 import os
 import re
 import subprocess
-import time
 import urllib.parse
 import urllib.request
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from frontend import consumers, stats
-from inference.service import InferenceService, ModelInfo
-from monitoring import events
-from monitoring.events import PredictionEvent
+from tests.monitoring.livestats_fixtures import IRIS_FEATURES, IRIS_ROW, prediction  # noqa: F401
 from tests.support import services
-from tests.support.fakes import fake_entry, serve_fake_models
 from tests.support.services import REPO_ROOT, DaphneServer, manage
 
 PASSWORD = "correct-horse-battery-staple"
-IRIS_ROW = [5.1, 3.5, 1.4, 0.2]
-IRIS_FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 
 CHROMIUM = "/usr/bin/chromium"
 # This machine has no internet: nothing Chromium would fetch on its own.
@@ -42,57 +34,6 @@ def artifacts_dir() -> Path:
 
 
 # -- in the test process -----------------------------------------------------------------
-
-
-@pytest.fixture
-def served_models(monkeypatch: pytest.MonkeyPatch) -> InferenceService:
-    """The process's inference service, replaced by one serving iris v1 and v2 (active) and wine v1."""
-    return serve_fake_models(
-        monkeypatch,
-        ModelInfo("iris", "classification", IRIS_FEATURES, "label", 2,
-                  {1: fake_entry("iris", 1, IRIS_FEATURES), 2: fake_entry("iris", 2, IRIS_FEATURES)}),
-        ModelInfo("wine", "regression", ["a", "b"], "value", 1, {1: fake_entry("wine", 1, ["a", "b"])}),
-    )
-
-
-@pytest.fixture
-async def aggregator(
-    monkeypatch: pytest.MonkeyPatch, served_models: InferenceService
-) -> AsyncIterator[stats.StatsAggregator]:
-    """A fresh aggregator as this process's, and the only sink on monitoring.events."""
-    fresh = stats.StatsAggregator()
-    monkeypatch.setattr(stats, "aggregator", fresh)
-    monkeypatch.setattr(consumers, "aggregator", fresh)
-    monkeypatch.setattr(events, "_prediction_sinks", [fresh.observe_prediction])
-    monkeypatch.setattr(events, "_connection_sinks", [fresh.observe_connection])
-    monkeypatch.setattr(events, "_in_flight_sinks", [fresh.observe_in_flight])
-    monkeypatch.setattr(events, "_batch_sinks", [fresh.observe_batch])
-    yield fresh
-    await fresh.stop()
-
-
-def prediction(model: str | None = "iris", outcome: str = "ok", *, rows: int = 1, total_ms: float = 2.0,
-               **fields) -> PredictionEvent:
-    """A PredictionEvent as the prediction consumer reports it."""
-    ok = outcome == "ok"
-    values = {
-        "received_at": time.time(),
-        "model": model,
-        "version": 2 if model == "iris" else 1,
-        "api_key": "client",
-        "request_id": "r-1",
-        "rows": rows,
-        "inputs": [IRIS_ROW] * rows,
-        "outputs": [{"label": "setosa", "probabilities": {"setosa": 0.97, "versicolor": 0.03}}] * rows if ok else None,
-        "outcome": outcome,
-        "queue_ms": 0.5 if ok else None,
-        "inference_ms": 1.0 if ok else None,
-        "total_ms": total_ms,
-        "batch_size": rows if ok else None,
-        "error": None if ok else "row 0: expected 4 features, got 3",
-    }
-    values.update(fields)
-    return PredictionEvent(**values)
 
 
 @pytest.fixture

@@ -6,14 +6,15 @@ import numpy as np
 import pytest
 
 from frontend.merge import HOLD_RATES_S, STALE_AFTER_S, PlatformView, merge_latency
-from frontend.stats import StatsAggregator, latency_summary
+from monitoring.livestats import StatsAggregator, latency_summary
+from platform_core.wiring import serving_state
 from tests.frontend.conftest import prediction
 
 
 @pytest.fixture
 def processes(served_models):
     """Two aggregators standing for two server processes."""
-    first, second = StatsAggregator(), StatsAggregator()
+    first, second = StatsAggregator(serving_state=serving_state), StatsAggregator(serving_state=serving_state)
     first.pid, second.pid = 1001, 1002
     return first, second
 
@@ -90,7 +91,7 @@ def test_a_restarted_process_replaces_its_former_self(processes):
     view = PlatformView()
     serve(first, 10)
     view.add(snapshot(first), now=1.0)
-    restarted = StatsAggregator()
+    restarted = StatsAggregator(serving_state=serving_state)
     restarted.pid, restarted.started_at = first.pid, first.started_at + 60
     serve(restarted, 3)
     view.add(snapshot(restarted), now=2.0)

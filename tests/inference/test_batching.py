@@ -9,7 +9,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from django.core.exceptions import ImproperlyConfigured
 
 from inference.batching import BatchStats, DynamicBatcher
 from inference.exceptions import DeadlineExceeded, ModelCallFailed, Overloaded
@@ -477,7 +476,7 @@ async def test_a_lone_request_never_waits_for_company_past_its_own_deadline(make
 )
 def test_bad_options_are_refused_at_construction(option, value):
     options = {"max_batch_size": 16, "max_delay_ms": 5, "queue_capacity": 100, option: value}
-    with pytest.raises(ImproperlyConfigured) as excinfo:
+    with pytest.raises(ValueError) as excinfo:
         DynamicBatcher(FakeModel(), executor=None, name="iris v2", **options)
     message = str(excinfo.value)
     assert message.startswith(f"{option} for iris v2 must be ")

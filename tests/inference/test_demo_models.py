@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from django.core.management import CommandError, call_command
 
+from inference.artifacts import artifact_path, load_runtime
 from inference.demo import DEMO_MODELS
 from inference.models import MLModel, ModelVersion
-from inference.registry import artifact_path, load_runtime
 from tests.support.services import manage
 
 EXPECTED = {

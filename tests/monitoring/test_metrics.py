@@ -12,9 +12,10 @@ from prometheus_client import REGISTRY
 from prometheus_client.metrics import MetricWrapperBase
 
 from inference.batching import BatchStats
+from inference.service import get_service
 from monitoring import events, metrics
 from monitoring.events import PredictionEvent
-from tests.monitoring.conftest_metrics import metric_sinks_only, served_models, value  # noqa: F401
+from tests.monitoring.metrics_support import metric_sinks_only, served_models, value  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("served_models", "metric_sinks_only")
 
@@ -27,12 +28,14 @@ def sample(name: str, **labels: str) -> float:
 
 def prediction(model: str | None = "iris", version: int | None = 1, outcome: str = "ok", *,
                total_ms: float | None = 1.5, queue_ms: float | None = 0.3) -> PredictionEvent:
+    """An event as the consumer makes it, its labels bounded by the served models."""
     if outcome != "ok":
         queue_ms = None
     return PredictionEvent(
         received_at=0.0, model=model, version=version, api_key="key-name", request_id="request-17", rows=1,
         inputs=[[1.0, 2.0, 3.0, 4.0]], outputs=None, outcome=outcome, queue_ms=queue_ms,
         inference_ms=0.1 if outcome == "ok" else None, total_ms=total_ms,
+        labels=get_service().labels(model, version),
     )
 
 

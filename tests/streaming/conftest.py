@@ -12,7 +12,8 @@ from django.core.management import call_command
 
 import inference.service as service_module
 from inference.schema import InputSchema
-from inference.service import InferenceService, ModelEntry, ModelInfo
+from inference.served import ServedModel, ServedVersion
+from inference.service import InferenceService
 from streaming.models import APIKey
 
 
@@ -72,11 +73,11 @@ def service(demo_snapshot, transactional_db, monkeypatch):
 def controlled(service):
     """A `test-controlled` model (2 features) whose runtime the test holds or breaks."""
     runtime = ControlledRuntime()
-    info = ModelInfo("test-controlled", "regression", ["a", "b"], "value: a + b", active_version=1)
-    entry = ModelEntry("test-controlled", 1, "regression", InputSchema(["a", "b"]), "value: a + b")
+    info = ServedModel("test-controlled", "regression", ["a", "b"], "value: a + b", active_version=1)
+    entry = ServedVersion("test-controlled", 1, "regression", InputSchema(["a", "b"]), "value: a + b")
     service.attach(entry, runtime, max_batch_size=8, max_delay_ms=0, queue_capacity=4)
     info.versions[1] = entry
-    broken = ModelEntry("test-controlled", 2, "regression", InputSchema(["a", "b"]), "value: a + b",
+    broken = ServedVersion("test-controlled", 2, "regression", InputSchema(["a", "b"]), "value: a + b",
                         error="Could not load the artifact.")
     info.versions[2] = broken
     service.add_model(info)

@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from platform_core.asgi import application
 from streaming.models import APIKey
+from streaming.replies import output_rows
 
 from .helpers import IRIS_ROW, assert_still_serving, connected, expect_error, receive_all, settle
 
@@ -150,7 +151,7 @@ async def test_every_demo_model_answers_with_its_own_prediction(service, api_key
     rows = sample_rows(service, name, 5)
     entry = service.entry(name)
     runtime_outputs = entry.batcher.call(np.asarray(rows, dtype=np.float64))
-    expected = entry.format_outputs(runtime_outputs)
+    expected = output_rows(entry, runtime_outputs)
     async with connected(key=api_key()) as ws:
         await ws.send_json_to({"id": f"{name}-1", "model": name, "inputs": rows})
         reply = await ws.receive_json_from(timeout=10)
@@ -172,8 +173,8 @@ async def test_every_demo_model_answers_with_its_own_prediction(service, api_key
 
 
 async def test_sklearn_reply_equals_estimator_predict_proba(service, api_key):
+    from inference.artifacts import load_sklearn_estimator, verify_checksum
     from inference.models import ModelVersion
-    from inference.registry import load_sklearn_estimator, verify_checksum
 
     version = await database_sync_to_async(ModelVersion.objects.select_related("model").get)(model__name="iris")
     estimator = load_sklearn_estimator(verify_checksum(version))

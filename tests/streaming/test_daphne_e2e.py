@@ -57,7 +57,7 @@ def local_model_outputs(server, demo_data, name, rows):
     import django.conf
     from django.core import serializers
 
-    from inference.registry import load_runtime
+    from inference.artifacts import load_runtime
 
     objects = [d.object for d in serializers.deserialize("json", demo_data.registry_fixture.read_text())]
     mlmodel = next(o for o in objects if type(o).__name__ == "MLModel" and o.name == name)

@@ -2,10 +2,10 @@
 
 from django.core.management.base import BaseCommand, CommandError
 
+from inference.artifacts import register_version, save_keras, save_sklearn, verify_checksum
 from inference.demo import DEMO_MODELS
 from inference.exceptions import ArtifactError
 from inference.models import MLModel
-from inference.registry import register_version, save_keras, save_sklearn, verify_checksum
 
 SUFFIX = {"sklearn": ".skops", "keras": ".keras"}
 

@@ -15,21 +15,30 @@ dashboard connection, never at import time.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import os
 import socket
 import time
+from collections.abc import Callable, Iterable
 from random import random
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from django.core.exceptions import ImproperlyConfigured
 
 from monitoring import events
 
+from .latency import latency_summary
+from .shorten import shorten, shorten_outputs, shorten_rows
+
+if TYPE_CHECKING:
+    from inference.served import ModelState
+
 logger = logging.getLogger(__name__)
+
+#: What the server serves right now; handed in by the composition root, which
+#: knows the inference pool (this package does not).
+ServingState = Callable[[], Iterable["ModelState"]]
 
 #: The channel-layer group every process publishes to and every dashboard joins.
 DASHBOARD_GROUP = "dashboard"
@@ -43,14 +52,9 @@ PUBLISH_TIMEOUT_S = 5.0
 # requests a second, a uniform sample (reservoir) of this size beyond, so a
 # burst cannot grow the list without bound.
 LATENCY_SAMPLE_LIMIT = 10_000
-# Evenly spaced quantiles of each second's latencies, sent along so that the
-# dashboard can merge several processes' distributions.
-LATENCY_QUANTILES = 32
 # Predictions, and as many errors, kept a second for the live feed; the rest
 # are only counted. The feed shows what traffic looks like; it is not a log.
 RECENT_PER_SECOND = 5
-# Characters of a shortened input or output in the feed.
-SHORT_CHARS = 96
 # Batch sizes are counted in power-of-two buckets: 1, 2-3, 4-7, ... 1024 and up.
 BATCH_BUCKETS = 11
 BATCH_BUCKET_LABELS = [
@@ -81,7 +85,8 @@ class StatsAggregator:
 
     def __init__(self, *, group: str = DASHBOARD_GROUP, interval_s: float = PUBLISH_INTERVAL_S,
                  recent_per_second: int = RECENT_PER_SECOND,
-                 latency_sample_limit: int = LATENCY_SAMPLE_LIMIT, enabled: bool = True) -> None:
+                 latency_sample_limit: int = LATENCY_SAMPLE_LIMIT, enabled: bool = True,
+                 serving_state: ServingState | None = None) -> None:
         if interval_s <= 0:
             raise ImproperlyConfigured(f"interval_s must be a positive number of seconds, not {interval_s!r}.")
         if latency_sample_limit < 1:
@@ -96,6 +101,8 @@ class StatsAggregator:
         self.host = socket.gethostname()
         self.pid = os.getpid()
         self.started_at = time.time()
+        #: What the server serves, read once a second for the snapshot (``install()`` sets it).
+        self.serving_state = serving_state
         # -- touched by the sinks, on the event loop
         self.connections = 0
         self.dashboards = 0
@@ -132,9 +139,9 @@ class StatsAggregator:
         """Called for every answered request, with its prediction or error."""
         if not self._publishing:
             self.ensure_publishing()
-        counters = self._models.get(event.model)
+        counters = self._models.get(event.labels[0])
         if counters is None:
-            counters = self._counters_for(event.model)
+            counters = self._counters_for(event.labels[0])
         if event.outcome == "ok":
             counters.predictions += 1
             counters.rows += event.rows
@@ -191,13 +198,11 @@ class StatsAggregator:
     def dashboard_closed(self) -> None:
         self.dashboards -= 1
 
-    def _counters_for(self, model: Any) -> ModelCounters:
-        # Only names this process serves get their own counters, so a client
-        # sending made-up model names cannot grow the dictionary.
-        from inference.service import get_service
-
-        if isinstance(model, str) and get_service().has_model(model):
-            counters = self._models[model] = ModelCounters()
+    def _counters_for(self, model_label: str) -> ModelCounters:
+        # Only names this process serves have a label of their own (the
+        # event's bounded labels), so made-up model names cannot grow the dictionary.
+        if model_label:
+            counters = self._models[model_label] = ModelCounters()
             return counters
         return self._unattributed
 
@@ -352,19 +357,19 @@ class StatsAggregator:
 
     def _model_states(self) -> dict[str, dict[str, Any]]:
         """Active version, queue and model call of every model this process serves."""
-        from inference.service import get_service
-
-        service = get_service()
-        states = {name: _model_state(info.get("version")) for name, info in service.catalog().items()}
-        for entry in service.entries():
-            state = states.setdefault(entry.name, _model_state(None))
-            if entry.batcher is None:
-                state["failed_versions"].append(entry.version)
-                continue
-            state["loaded_versions"].append(entry.version)
-            state["device"] = entry.device
-            state["queue_depth"] += entry.batcher.queue_depth
-            state["computing_rows"] += entry.batcher.in_flight_rows
+        states: dict[str, dict[str, Any]] = {}
+        if self.serving_state is None:
+            return states
+        for model in self.serving_state():
+            state = states[model.name] = _model_state(model.active_version)
+            for version in model.versions:
+                if not version.loaded:
+                    state["failed_versions"].append(version.version)
+                    continue
+                state["loaded_versions"].append(version.version)
+                state["device"] = version.device
+                state["queue_depth"] += version.queue_depth
+                state["computing_rows"] += version.computing_rows
         return states
 
     def _feed_item(self, event: events.PredictionEvent) -> dict[str, Any]:
@@ -397,108 +402,3 @@ def _finite(value: float | None, digits: int = 3) -> float | None:
     if value is None or not math.isfinite(value):
         return None
     return round(value, digits)
-
-
-def latency_summary(latencies: list[float], count: int | None = None) -> dict[str, Any]:
-    """p50/p95/p99 and evenly spaced quantiles of one second's latencies, in milliseconds.
-
-    ``latencies`` may be a sample; ``count`` is how many requests it was drawn from.
-    """
-    if not latencies:
-        return {"count": 0, "p50": None, "p95": None, "p99": None, "max": None, "quantiles": []}
-    values = np.asarray(latencies, dtype=np.float64)
-    p50, p95, p99 = np.percentile(values, (50, 95, 99)).tolist()
-    # The midpoints of LATENCY_QUANTILES equal shares, each standing for
-    # count / LATENCY_QUANTILES requests when distributions are merged.
-    points = min(LATENCY_QUANTILES, values.size)
-    quantiles = np.quantile(values, (np.arange(points) + 0.5) / points).tolist()
-    return {
-        "count": int(values.size if count is None else max(count, values.size)),
-        "p50": round(p50, 3),
-        "p95": round(p95, 3),
-        "p99": round(p99, 3),
-        "max": round(float(values.max()), 3),
-        "quantiles": [round(q, 3) for q in quantiles],
-    }
-
-
-# -- shortening the feed's inputs and outputs -----------------------------------------
-
-
-def _number(value: Any) -> str:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return shorten(value, 24)
-    return f"{value:.4g}"
-
-
-def _join(parts: list[str], limit: int) -> str:
-    text = ""
-    for i, part in enumerate(parts):
-        piece = part if i == 0 else ", " + part
-        if len(text) + len(piece) > limit:
-            return text + ", …"
-        text += piece
-    return text
-
-
-def shorten(value: Any, limit: int = SHORT_CHARS) -> str:
-    """A compact one-line rendering of any JSON-like value, at most about ``limit`` characters."""
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        text = value
-    else:
-        try:
-            text = json.dumps(value, separators=(",", ":"), default=str, allow_nan=True)
-        except (TypeError, ValueError, RecursionError):
-            text = repr(value)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def shorten_row(row: Any, limit: int = SHORT_CHARS) -> str:
-    if isinstance(row, list):
-        return "[" + _join([_number(v) for v in row[:limit // 2]], limit) + "]"
-    if isinstance(row, dict):
-        return "{" + _join([f"{k}: {_number(v)}" for k, v in list(row.items())[:limit // 4]], limit) + "}"
-    return shorten(row, limit)
-
-
-def shorten_rows(inputs: Any, limit: int = SHORT_CHARS) -> str:
-    """The first row of a request's inputs, and how many more there were."""
-    if not isinstance(inputs, list) or not inputs:
-        return shorten(inputs, limit)
-    text = shorten_row(inputs[0], limit)
-    if len(inputs) > 1:
-        text += f" (+{len(inputs) - 1} more)"
-    return text
-
-
-def shorten_outputs(outputs: Any, limit: int = SHORT_CHARS) -> str:
-    """The first output row: a label with its probability, or a value."""
-    if not isinstance(outputs, list) or not outputs:
-        return shorten(outputs, limit)
-    first = outputs[0]
-    if isinstance(first, dict) and "label" in first:
-        probability = (first.get("probabilities") or {}).get(first["label"])
-        text = str(first["label"]) + (f" ({probability:.2f})" if isinstance(probability, float) else "")
-    elif isinstance(first, dict) and "value" in first:
-        value = first["value"]
-        text = _number(value) if not isinstance(value, list) else shorten_row(value, limit)
-    else:
-        text = shorten(first, limit)
-    if len(outputs) > 1:
-        text += f" (+{len(outputs) - 1} more)"
-    return text if len(text) <= limit + 16 else text[:limit] + "…"
-
-
-#: This process's aggregator; ``FrontendConfig.ready()`` registers its sinks and enables it.
-aggregator = StatsAggregator(enabled=False)
-
-
-def install() -> None:
-    """Register the aggregator's sinks on monitoring.events (once; registering twice is a no-op)."""
-    aggregator.enabled = True
-    events.on_prediction(aggregator.observe_prediction)
-    events.on_connection_change(aggregator.observe_connection)
-    events.on_in_flight_change(aggregator.observe_in_flight)
-    events.on_batch(aggregator.observe_batch)

@@ -9,11 +9,11 @@ import time
 import pytest
 from channels.layers import get_channel_layer
 
-from frontend import stats
-from frontend.stats import DASHBOARD_GROUP, RECENT_PER_SECOND, SHORT_CHARS, SNAPSHOT_TYPE, StatsAggregator
 from inference.batching import BatchStats
 from monitoring import events
-from tests.frontend.conftest import prediction
+from monitoring import livestats as stats
+from monitoring.livestats import DASHBOARD_GROUP, RECENT_PER_SECOND, SHORT_CHARS, SNAPSHOT_TYPE, StatsAggregator
+from tests.monitoring.livestats_fixtures import prediction
 
 
 def test_the_app_registers_the_sinks_and_enables_the_aggregator():
@@ -219,7 +219,7 @@ async def test_a_failing_channel_layer_never_stops_the_publisher(aggregator, mon
     layer = FlakyLayer(failures=3)
     monkeypatch.setattr("channels.layers.get_channel_layer", lambda *args: layer)
     aggregator.interval_s = 0.05
-    caplog.set_level(logging.WARNING, logger="frontend.stats")
+    caplog.set_level(logging.WARNING, logger="monitoring.livestats.aggregator")
 
     aggregator.ensure_publishing()
     await asyncio.sleep(0.5)

@@ -6,9 +6,7 @@ from django.db import IntegrityError
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.linear_model import LogisticRegression
 
-from inference.exceptions import ArtifactChecksumMismatch, ArtifactError, UntrustedArtifact
-from inference.models import MLModel, ModelVersion
-from inference.registry import (
+from inference.artifacts import (
     artifact_path,
     load_runtime,
     register_version,
@@ -17,6 +15,8 @@ from inference.registry import (
     sha256_file,
     verify_checksum,
 )
+from inference.exceptions import ArtifactChecksumMismatch, ArtifactError, UntrustedArtifact
+from inference.models import MLModel, ModelVersion
 
 pytestmark = pytest.mark.django_db
 

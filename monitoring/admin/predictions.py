@@ -29,7 +29,7 @@ from django.utils import timezone
 from django.utils.functional import cached_property
 from django.utils.html import format_html
 
-from .models import PredictionRecord
+from ..models import PredictionRecord
 
 # The detail page shows this much of a request's inputs and outputs; the CSV
 # export has them in full.

@@ -1,0 +1,38 @@
+"""The composition root: what connects the apps, which do not import one another upward.
+
+``inference`` reports its model calls to whoever observes them, ``monitoring``
+listens to the serving events and reads what the pool serves through
+callables handed to it here, and the shutdown hooks run in the order given
+here: connections drain first, then the metrics flush, then the prediction log.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+
+from inference import service as inference_service
+from inference.served import ModelState
+from monitoring import events, livestats, metrics, recorder
+from platform_core.lifecycle import on_shutdown
+from streaming.consumers import drain_connections
+
+DRAIN_ORDER, METRICS_ORDER, PREDICTION_LOG_ORDER = 10, 80, 100
+
+
+def serving_state() -> list[ModelState]:
+    """What this process's inference pool serves right now (read at each scrape and dashboard snapshot)."""
+    return inference_service.get_service().snapshot()
+
+
+def connect() -> None:
+    """Wire the apps together; called once, when Django's app registry is ready."""
+    on_shutdown(drain_connections, order=DRAIN_ORDER)
+    # The switch that turns monitoring off (to measure what it costs) turns
+    # off the metrics, the prediction log and the dashboard's statistics.
+    if not settings.PLATFORM_MONITORING:
+        return
+    inference_service.observe_batches(events.batch)
+    metrics.install(serving_state)
+    on_shutdown(metrics.shutdown, order=METRICS_ORDER)
+    recorder.install()
+    livestats.install(serving_state)
