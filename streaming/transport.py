@@ -19,7 +19,10 @@ from typing import Any
 
 from channels.exceptions import StopConsumer
 
-from platform_core.extensions import SEND_FRAME
+#: ``scope["extensions"][SEND_FRAME]["send"](payload: bytes, binary: bool) -> bool``: send one
+#: WebSocket data frame at once, without a round trip through the event loop;
+#: False when the connection is no longer open. Offered by ``platform_core.server``.
+SEND_FRAME = "platform.send_frame"
 
 FrameSender = Callable[[bytes, bool], bool]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from contextlib import asynccontextmanager
 
+import numpy as np
 from channels.testing import WebsocketCommunicator
 
 from platform_core.asgi import application
@@ -70,3 +71,8 @@ async def assert_still_serving(communicator, model="iris"):
 def wait_closed(communicator, timeout=5):
     return communicator.receive_output(timeout=timeout)
 
+
+def sample_rows(service, name, count):
+    entry = service.entry(name)
+    rng = np.random.default_rng(7)
+    return rng.uniform(0, 10, size=(count, entry.schema.n_features)).round(3).tolist()
