@@ -39,6 +39,7 @@ from prometheus_client import (
 )
 
 from inference import outcomes, served
+from inference.outcomes import Outcome
 
 from . import events
 
@@ -167,7 +168,7 @@ class RequestSeries:
 
     def __init__(self, model: str, version: str, outcome: str) -> None:
         self.requests = REQUESTS.labels(model, version, outcome)
-        self.errors = ERRORS.labels(model, version, outcome) if outcome != "ok" else None
+        self.errors = ERRORS.labels(model, version, outcome) if outcome != Outcome.OK else None
         self.duration = REQUEST_DURATION.labels(model, version, outcome)
         self.queue_wait = QUEUE_WAIT.labels(model, version)
         self.count = 0
@@ -239,7 +240,7 @@ def _request_series_for(event: events.PredictionEvent) -> RequestSeries:
     model_label, version_label = event.labels
     # Codes come from the platform, not the client; an unexpected one is a bug
     # to be seen as an internal error, not a new series.
-    outcome_label = outcome if outcome in OUTCOMES else "internal"
+    outcome_label = outcome if outcome in OUTCOMES else Outcome.INTERNAL.value
     series = _new_request_series(model_label, version_label, outcome_label)
     if model_label == model and (version is None or version_label == str(version)) and outcome_label == outcome:
         _request_series[(model, version, outcome)] = series

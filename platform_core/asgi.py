@@ -34,7 +34,7 @@ if settings.PLATFORM_PRELOAD_MODELS:
 # Everything loaded so far (Django, TensorFlow, the models) lives as long as
 # the process. Moving it out of the collector's reach keeps full collections,
 # which the prediction log's short-lived records set off, from scanning a heap
-# of millions of permanent objects: a 260 ms pause each, measured, otherwise.
+# of millions of permanent objects (docs/benchmarks.md has the pause it saves).
 if settings.PLATFORM_GC_FREEZE:
     gc.collect()
     gc.freeze()

@@ -22,6 +22,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from inference.exceptions import InferenceError, ModelCallFailed, Overloaded
+from inference.outcomes import Outcome
 from inference.served import ServedVersion
 from inference.service import InferenceService, get_service
 from monitoring import events
@@ -186,7 +187,7 @@ class PredictConsumer(DirectReadLoop, AsyncWebsocketConsumer):
             kind = protocol.frame_type(body, rid)
             if self.client is None:
                 if kind != "auth":
-                    raise ProtocolError("invalid_request", "Authenticate first with an auth message.", rid)
+                    raise ProtocolError(Outcome.INVALID_REQUEST, "Authenticate first with an auth message.", rid)
                 await self._auth(body)
                 return
             if kind == "predict":
@@ -199,7 +200,7 @@ class PredictConsumer(DirectReadLoop, AsyncWebsocketConsumer):
                     {"type": "models", "models": self.service.catalog(self.client.models)}, binary
                 )
             else:
-                raise ProtocolError("invalid_request", "Already authenticated.", rid)
+                raise ProtocolError(Outcome.INVALID_REQUEST, "Already authenticated.", rid)
         except ProtocolError as exc:
             await self._send_message(protocol.error(exc.code, exc.message, exc.request_id, **exc.extra), binary)
             self._report_error(body, exc, received, received_wall)
@@ -217,12 +218,12 @@ class PredictConsumer(DirectReadLoop, AsyncWebsocketConsumer):
     ) -> None:
         client = self.client
         if client is None:
-            raise ProtocolError("invalid_request", "Authenticate first with an auth message.", rid)
+            raise ProtocolError(Outcome.INVALID_REQUEST, "Authenticate first with an auth message.", rid)
         wait_ms = rate_limits.take(client)
         if wait_ms:
             await self._flooding(client)
             raise ProtocolError(
-                "rate_limited",
+                Outcome.RATE_LIMITED,
                 f"This key may send {client.rate_limit_per_s:g} requests per second.",
                 rid,
                 retry_after_ms=max(1, round(wait_ms)),
@@ -289,7 +290,7 @@ class PredictConsumer(DirectReadLoop, AsyncWebsocketConsumer):
         except Exception:
             logger.exception("Could not send the reply to request %r", request.rid)
         # For a prediction the log reads inputs and outputs back from the frame and the reply, off the loop.
-        served = outcome == "ok"
+        served = outcome == Outcome.OK
         self._emit(request.entry, request.rid, request.n_rows, request.inputs, outputs, outcome,
                    request.received_wall, frame=request.frame if served else None,
                    reply=payload if served else None, **timings)
@@ -315,7 +316,7 @@ class PredictConsumer(DirectReadLoop, AsyncWebsocketConsumer):
                     {"total_ms": total_ms, "error": str(exc)})
         total_ms = (time.perf_counter() - request.received) * 1000.0
         reply = replies.prediction(request.rid, entry, outputs, result, total_ms)
-        return reply, "ok", outputs, {
+        return reply, Outcome.OK, outputs, {
             "queue_ms": result.queue_ms, "inference_ms": result.inference_ms, "total_ms": total_ms,
             "batch_size": result.batch_size,
         }

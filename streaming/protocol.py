@@ -14,6 +14,7 @@ import msgpack
 import orjson
 
 from inference.codec import DecodeError, loads_json, loads_msgpack
+from inference.outcomes import Outcome
 
 PROTOCOL_VERSION = 1
 MAX_ID_LENGTH = 128
@@ -53,19 +54,19 @@ def decode(text: str | None, data: bytes | None) -> Frame:
         try:
             body = loads_json(text)
         except DecodeError as exc:
-            raise ProtocolError("invalid_json", str(exc)) from None
+            raise ProtocolError(Outcome.INVALID_JSON, str(exc)) from None
     elif data is not None:
         binary = True
         size = len(data)
         try:
             body = loads_msgpack(data)
         except DecodeError as exc:
-            raise ProtocolError("invalid_json", str(exc)) from None
+            raise ProtocolError(Outcome.INVALID_JSON, str(exc)) from None
     else:
-        raise ProtocolError("invalid_json", "The frame is empty.")
+        raise ProtocolError(Outcome.INVALID_JSON, "The frame is empty.")
     if type(body) is not dict:
         kind = "MessagePack map" if binary else "JSON object"
-        raise ProtocolError("invalid_json", f"The frame must be a {kind}.")
+        raise ProtocolError(Outcome.INVALID_JSON, f"The frame must be a {kind}.")
     return Frame(body, binary, size)
 
 
@@ -76,13 +77,13 @@ def request_id(body: dict[str, Any]) -> Any:
         return None
     if type(rid) is str:
         if len(rid) > MAX_ID_LENGTH:
-            raise ProtocolError("invalid_request", f"id must be at most {MAX_ID_LENGTH} characters.")
+            raise ProtocolError(Outcome.INVALID_REQUEST, f"id must be at most {MAX_ID_LENGTH} characters.")
         return rid
     if type(rid) is int:
         if abs(rid) > _MAX_INT_ID:
-            raise ProtocolError("invalid_request", "An integer id must fit in 64 bits.")
+            raise ProtocolError(Outcome.INVALID_REQUEST, "An integer id must fit in 64 bits.")
         return rid
-    raise ProtocolError("invalid_request", "id must be a string or an integer.")
+    raise ProtocolError(Outcome.INVALID_REQUEST, "id must be a string or an integer.")
 
 
 def frame_type(body: dict[str, Any], rid: Any) -> str:
@@ -106,17 +107,17 @@ def predict_request(body: dict[str, Any], rid: Any, default_model: str | None) -
     """Check a predict frame's fields (not its rows, which the model's schema checks)."""
     model = body.get("model", default_model)
     if model is None:
-        raise ProtocolError("invalid_request", "model is required on this endpoint.", rid)
+        raise ProtocolError(Outcome.INVALID_REQUEST, "model is required on this endpoint.", rid)
     if type(model) is not str:
-        raise ProtocolError("invalid_request", "model must be a string.", rid)
+        raise ProtocolError(Outcome.INVALID_REQUEST, "model must be a string.", rid)
     version = body.get("version")
     if version is not None and (type(version) is not int or version < 1):
-        raise ProtocolError("invalid_request", "version must be a positive integer.", rid)
+        raise ProtocolError(Outcome.INVALID_REQUEST, "version must be a positive integer.", rid)
     if "inputs" not in body:
-        raise ProtocolError("invalid_request", "inputs is required.", rid)
+        raise ProtocolError(Outcome.INVALID_REQUEST, "inputs is required.", rid)
     inputs = body["inputs"]
     if type(inputs) is not list:
-        raise ProtocolError("invalid_request", "inputs must be a list of rows.", rid)
+        raise ProtocolError(Outcome.INVALID_REQUEST, "inputs must be a list of rows.", rid)
     return PredictRequest(rid, model, version, inputs)
 
 

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import ImproperlyConfigured
 
+from inference.outcomes import Outcome
 from monitoring import events
 
 from .latency import latency_summary
@@ -142,7 +143,7 @@ class StatsAggregator:
         counters = self._models.get(event.labels[0])
         if counters is None:
             counters = self._counters_for(event.labels[0])
-        if event.outcome == "ok":
+        if event.outcome == Outcome.OK:
             counters.predictions += 1
             counters.rows += event.rows
             total_ms = event.total_ms
@@ -208,7 +209,7 @@ class StatsAggregator:
 
     def _new_error_code(self, code: str) -> None:
         if len(self.errors) >= MAX_ERROR_CODES:
-            code = "internal"
+            code = Outcome.INTERNAL.value
         self.errors[code] = self.errors.get(code, 0) + 1
 
     # -- the publisher --------------------------------------------------------------
@@ -381,7 +382,7 @@ class StatsAggregator:
             "outcome": event.outcome,
             "rows": event.rows,
             "inputs": shorten_rows(event.inputs),
-            "outputs": shorten_outputs(event.outputs) if event.outcome == "ok" else shorten(event.error),
+            "outputs": shorten_outputs(event.outputs) if event.outcome == Outcome.OK else shorten(event.error),
             "total_ms": _finite(event.total_ms),
             "batch_size": event.batch_size,
         }
