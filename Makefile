@@ -38,7 +38,11 @@ test: setup system-deps
 # End-to-end benchmark (docs/benchmarks.md): the platform against the transport
 # ceiling and the naive approach, one daphne process at a time on this machine.
 # Results in bench-results/<timestamp>/ and bench-results/latest/. Take numbers
-# on a quiet machine: client and server share its cores.
+# on a quiet machine. Every server (with its children) runs on BENCH_SERVER_CPUS
+# under taskset, the load generator on BENCH_CLIENT_CPUS (taskset -c lists, or
+# none); a single-CPU machine runs both unpinned, with a warning.
+BENCH_SERVER_CPUS ?= 0
+BENCH_CLIENT_CPUS ?= 1
 BENCH_DURATION_S ?= 6
 BENCH_WARMUP_S ?= 2
 BENCH_REPEATS ?= 2
@@ -50,7 +54,8 @@ BENCH_ARGS ?=
 bench: setup
 	$(PY) -m bench.run --duration $(BENCH_DURATION_S) --warmup $(BENCH_WARMUP_S) --repeats $(BENCH_REPEATS) \
 		--connections $(BENCH_CONNECTIONS) --in-flight $(BENCH_IN_FLIGHT) \
-		--processes $(BENCH_PROCESSES) --encoding $(BENCH_ENCODING) $(BENCH_ARGS)
+		--processes $(BENCH_PROCESSES) --encoding $(BENCH_ENCODING) \
+		--server-cpus=$(BENCH_SERVER_CPUS) --client-cpus=$(BENCH_CLIENT_CPUS) $(BENCH_ARGS)
 
 # The platform at half its measured maximum for SOAK_MINUTES: RSS over time and
 # the prediction log checked against every request answered.
@@ -58,7 +63,8 @@ SOAK_MINUTES ?= 5
 SOAK_ARGS ?=
 soak: setup
 	$(PY) -m bench.soak --minutes $(SOAK_MINUTES) --connections $(BENCH_CONNECTIONS) \
-		--processes $(BENCH_PROCESSES) --encoding $(BENCH_ENCODING) $(SOAK_ARGS)
+		--processes $(BENCH_PROCESSES) --encoding $(BENCH_ENCODING) \
+		--server-cpus=$(BENCH_SERVER_CPUS) --client-cpus=$(BENCH_CLIENT_CPUS) $(SOAK_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

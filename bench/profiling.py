@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from collections import Counter, defaultdict
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -109,13 +110,15 @@ def profile_files(out_dir: Path, stem: str) -> dict[str, Path]:
 
 
 def profile_under_load(
-    spec: LoadSpec, pid: int, out_dir: Path, stem: str, *, record_s: float
+    spec: LoadSpec, pid: int, out_dir: Path, stem: str, *, record_s: float,
+    client_cpus: Collection[int] | None = None,
 ) -> tuple[LoadResult, dict[str, Any]]:
     """Run ``spec`` against ``pid`` while py-spy records it twice: raw stacks, then a flame graph.
 
     ``spec`` should last at least ``2 * record_s`` after its warm-up; the
     load's own figures are returned too, but they include py-spy's overhead.
-    Files are named after ``stem`` (see ``profile_files``).
+    Files are named after ``stem`` (see ``profile_files``); ``client_cpus``
+    is passed on to ``run_load``. py-spy runs wherever this process may.
     """
     binary = py_spy()
     if binary is None:
@@ -138,7 +141,7 @@ def profile_under_load(
     recorder = threading.Thread(target=record, name="py-spy")
     recorder.start()
     try:
-        load = run_load(spec, server_pid=pid)
+        load = run_load(spec, server_pid=pid, client_cpus=client_cpus)
     finally:
         recorder.join()
     if errors or not raw.exists():

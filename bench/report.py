@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from . import pinning
 from .machine import describe
 
 SERVER_LABELS = {
@@ -162,6 +163,23 @@ def _table(header: list[str], rows: Iterable[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _us(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
+
+
+def cpu_placement(results: dict[str, Any]) -> str:
+    """Where servers and client were meant to run, and the CPUs their processes were seen allowed on."""
+    runs = results.get("runs", [])
+    seen_server = {cpu for run in runs for cpu in run.get("server_cpus") or ()}
+    seen_client = {cpu for run in runs for cpu in run.get("client_cpus") or ()}
+    sentence = pinning.describe(results.get("pinning"))
+    if runs and seen_server and seen_client:
+        sentence += (f" Read from /proc at the end of each load: server processes allowed on CPU "
+                     f"{pinning.format_cpu_list(seen_server)}, client processes on CPU "
+                     f"{pinning.format_cpu_list(seen_client)}, over all loads.")
+    return sentence
+
+
 def _servers(results: dict[str, Any]) -> list[str]:
     present = {run["server"] for run in results.get("runs", [])}
     return [s for s in SERVER_ORDER if s in present]
@@ -208,9 +226,10 @@ def readme_table(results: dict[str, Any]) -> str:
     options = results["options"]
     return (
         f"Measured by `make bench` on {describe(machine)} (load average {load} at the start), one daphne "
-        f"process, client and server on the same machine; closed loop with {options['connections']} "
-        f"connections x {options['in_flight']} requests in flight, {options['encoding'].upper()} frames, "
-        f"{options['duration_s']:g} s per load. Details: [docs/benchmarks.md](docs/benchmarks.md).\n\n"
+        f"process, client and server on the same machine. {pinning.describe(results.get('pinning'))} Closed "
+        f"loop with {options['connections']} connections x {options['in_flight']} requests in flight, "
+        f"{options['encoding'].upper()} frames, {options['duration_s']:g} s per load. "
+        "Details: [docs/benchmarks.md](docs/benchmarks.md).\n\n"
         + comparison_table(results)
     )
 
@@ -226,8 +245,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"Loads: {options['connections']} connections; closed loop with {options['in_flight']} requests in flight "
         f"per connection; {options['encoding'].upper()} frames; {options['processes']} client process(es); "
         f"{options['warmup_s']:g} s warm-up then {options['duration_s']:g} s measured "
-        f"({options['sweep_duration_s']:g} s for sweep points). Client and server share the machine's "
-        f"{machine['cpu_cores']} cores. Batcher tuning from the environment: {results.get('tuning') or 'defaults'}.\n",
+        f"({options['sweep_duration_s']:g} s for sweep points). {cpu_placement(results)} "
+        f"Batcher tuning from the environment: {results.get('tuning') or 'defaults'}.\n",
         "## Summary\n",
         comparison_table(results),
         "## Targets\n",
@@ -240,10 +259,11 @@ def markdown(results: dict[str, Any]) -> str:
         "with its latency and batch sizes. Latency here is what a client sees with every connection's "
         "pipeline full: it measures queueing at saturation, not service time. Batch rows: the size of the "
         "model call that served the average request (the replies' `batch_size`). CPU: cores used over "
-        "the window, server (all its threads and its log writer process) and client (all its processes).\n",
+        "the window, server (all its threads and its log writer process) and client (all its processes); "
+        "server µs/req: the server's CPU time over the window per request answered with a prediction.\n",
         _table(
             ["workload", "server", "req/s (best round)", "rounds req/s", "rows/s", "p50 ms", "p95 ms", "p99 ms",
-             "max ms", "batch rows mean / p99 / max", "errors", "server CPU", "client CPU"],
+             "max ms", "batch rows mean / p99 / max", "errors", "server CPU", "server µs/req", "client CPU"],
             [_run_row(run, with_workload=True) for workload in workloads(results)
              for server in _servers(results) if (run := find(results, server, "max", workload))],
         ),
@@ -252,12 +272,12 @@ def markdown(results: dict[str, Any]) -> str:
         "measured from each request's scheduled send time. The ceiling gets the same rates for reference.\n",
         _table(
             ["workload", "server", "target req/s", "req/s", "p50 ms", "p95 ms", "p99 ms", "max ms",
-             "errors", "client send lag p99 ms"],
+             "errors", "server µs/req", "client send lag p99 ms"],
             [
                 [run["workload"], SERVER_LABELS[run["server"]], _n(run["target_rate_per_s"]),
                  _n(run["requests_per_s"]), _ms(run["latency_ms"]["p50"]), _ms(run["latency_ms"]["p95"]),
                  _ms(run["latency_ms"]["p99"]), _ms(run["latency_ms"]["max"]), _errors(run["window"]["errors"]),
-                 _ms(run["send_lag_ms"]["p99"])]
+                 _us(run.get("server_cpu_us_per_request")), _ms(run["send_lag_ms"]["p99"])]
                 for workload in workloads(results) for server in _servers(results)
                 if (run := find(results, server, "half", workload))
             ],
@@ -265,11 +285,12 @@ def markdown(results: dict[str, Any]) -> str:
         "## Latency vs throughput (iris, 1 row, open loop)\n",
         "![p50 and p99 latency against throughput](latency_vs_throughput.png)\n",
         _table(
-            ["server", "target req/s", "req/s", "p50 ms", "p95 ms", "p99 ms", "max ms", "errors"],
+            ["server", "target req/s", "req/s", "p50 ms", "p95 ms", "p99 ms", "max ms", "errors", "server µs/req"],
             [
                 [SERVER_LABELS[run["server"]], _n(run["target_rate_per_s"]), _n(run["requests_per_s"]),
                  _ms(run["latency_ms"]["p50"]), _ms(run["latency_ms"]["p95"]), _ms(run["latency_ms"]["p99"]),
-                 _ms(run["latency_ms"]["max"]), _errors(run["window"]["errors"])]
+                 _ms(run["latency_ms"]["max"]), _errors(run["window"]["errors"]),
+                 _us(run.get("server_cpu_us_per_request"))]
                 for server in _servers(results) for run in results["runs"]
                 if run["server"] == server and run["kind"] == "sweep"
             ],
@@ -318,7 +339,7 @@ def _run_row(run: dict[str, Any], *, with_workload: bool) -> list[str]:
         " / ".join(_n(r, 1 if r < 100 else 0) for r in run.get("rounds_requests_per_s", [])),
         _n(run["rows_per_s"]), _ms(lat["p50"]), _ms(lat["p95"]), _ms(lat["p99"]), _ms(lat["max"]),
         f"{batch['mean']} / {batch['p99']} / {batch['max']}", _errors(run["window"]["errors"]),
-        _n(run["server_cpu_cores"], 2), _n(run["client_cpu_cores"], 2),
+        _n(run["server_cpu_cores"], 2), _us(run.get("server_cpu_us_per_request")), _n(run["client_cpu_cores"], 2),
     ]
 
 

@@ -11,6 +11,12 @@ prepared data directory (so every prediction log starts empty), all through
 5. ``ceiling-direct``: the same on the platform's transport path (own read loop, synchronous send);
 6. ``naive``: ``bench.naive``, the tutorial's consumer calling the model per message.
 
+Each server runs on its own core(s) (``--server-cpus``, default CPU 0, under
+``taskset``, its children included) and the load generator on the other(s)
+(``--client-cpus``, default CPU 1), so every server is measured on the same
+core, reference servers in the same run as the platform; the report gives
+each server's CPU time per request beside its throughput and latency.
+
 All get the same loads, for the scikit-learn model ``iris`` and the Keras
 model ``digits``, with 1-row and 32-row requests:
 
@@ -45,7 +51,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import machine, report, servers
+from . import machine, pinning, procstats, report, servers
 from .loadgen import LoadError, LoadResult, LoadSpec, format_line, run_load
 from .profiling import profile_under_load, py_spy
 
@@ -87,6 +93,9 @@ class Options:
     workloads: list[tuple[str, int]] = field(default_factory=lambda: list(WORKLOADS))
     out: Path = RESULTS_ROOT
     keep_data: bool = False
+    #: CPU lists in taskset's syntax, or "none" (see ``bench.pinning``).
+    server_cpus: str = pinning.DEFAULT_SERVER_CPUS
+    client_cpus: str = pinning.DEFAULT_CLIENT_CPUS
 
 
 def workload_name(model: str, rows: int) -> str:
@@ -96,9 +105,10 @@ def workload_name(model: str, rows: int) -> str:
 class Comparison:
     """Runs the loads, keeps every summary and the ids each server answered."""
 
-    def __init__(self, options: Options, run_dir: Path) -> None:
+    def __init__(self, options: Options, run_dir: Path, placement: pinning.Pinning) -> None:
         self.options = options
         self.run_dir = run_dir
+        self.placement = placement
         self.runs: list[dict[str, Any]] = []
         self.max_rps: dict[tuple[str, str], float] = {}
         self.profiles: list[dict[str, Any]] = []
@@ -120,7 +130,8 @@ class Comparison:
         )
 
     def load(self, server: servers.Server, kind: str, spec: LoadSpec, **extra: Any) -> dict[str, Any]:
-        return self.keep(server, kind, spec, run_load(spec, server_pid=server.pid), **extra)
+        result = run_load(spec, server_pid=server.pid, client_cpus=self.placement.client_cpus)
+        return self.keep(server, kind, spec, result, **extra)
 
     def keep(self, server: servers.Server, kind: str, spec: LoadSpec, result: LoadResult,
              **extra: Any) -> dict[str, Any]:
@@ -140,10 +151,13 @@ class Comparison:
             for name, kind, env in SERVERS:
                 if name in self.options.servers:
                     data_dir = servers.copy_data(prepared, self.run_dir / "data" / name)
-                    server = servers.start_server(name, kind, data_dir, self.run_dir, env)
+                    server = servers.start_server(name, kind, data_dir, self.run_dir, env,
+                                                  cpus=self.placement.server_cpus)
                     started.append(server)
-                    print(f"{name}: ready in {server.started_in_s:.1f} s (pid {server.pid}, port {server.port})",
-                          flush=True)
+                    allowed = {pid: pinning.format_cpu_list(cpus)
+                               for pid, cpus in procstats.tree_allowed_cpus(server.pid).items()}
+                    print(f"{name}: ready in {server.started_in_s:.1f} s (pid {server.pid}, port {server.port}, "
+                          f"CPUs by pid {allowed})", flush=True)
             self.maximum(started)
             self.half_load([s for s in started if s.name in ("platform", "ceiling")])
             self.sweep([s for s in started if s.name not in ("ceiling-nocleanup", "ceiling-direct")])
@@ -214,12 +228,14 @@ class Comparison:
             return
         spec = self.spec(server, model, rows, duration_s=2 * self.options.profile_s + 4)
         stem = f"profile-{model}-x{rows}"
-        result, summary = profile_under_load(spec, server.pid, self.run_dir, stem, record_s=self.options.profile_s)
+        result, summary = profile_under_load(spec, server.pid, self.run_dir, stem, record_s=self.options.profile_s,
+                                             client_cpus=self.placement.client_cpus)
         self.keep(server, "profiled", spec, result)
         self.profiles.append({"workload": workload_name(model, rows), "server": server.name, **summary})
 
 
 def run(options: Options) -> Path:
+    placement = pinning.plan(options.server_cpus, options.client_cpus)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     run_dir = options.out / stamp
     run_dir.mkdir(parents=True)
@@ -228,6 +244,8 @@ def run(options: Options) -> Path:
     if load_start[0] > 1.0:
         print(f"bench: warning: the machine is busy (load average {load_start[0]}); numbers will be noisy.",
               flush=True)
+    if placement.warning:
+        print(f"bench: warning: {placement.warning}", file=sys.stderr, flush=True)
     results: dict[str, Any] = {
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine.facts(),
@@ -241,13 +259,17 @@ def run(options: Options) -> Path:
             "servers": options.servers, "workloads": [workload_name(*w) for w in options.workloads],
         },
         "tuning": servers.tuning(),
+        "pinning": placement.as_dict(),
     }
-    comparison = Comparison(options, run_dir)
+    comparison = Comparison(options, run_dir, placement)
     scratch = Path(tempfile.mkdtemp(prefix="bench-data-"))
     try:
         started = time.monotonic()
         prepared = servers.prepare_data(scratch)
         print(f"bench: demo models trained in {time.monotonic() - started:.0f} s", flush=True)
+        # Off the servers' cores from here on: the samplers between loads and py-spy run in this process.
+        pinning.pin_current_process(placement.client_cpus)
+        print(f"bench: {pinning.describe(placement.as_dict())}", flush=True)
         comparison.compare(prepared)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -304,6 +326,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="model:rows pairs, e.g. iris:1,digits:32")
     parser.add_argument("--out", type=Path, default=defaults.out)
     parser.add_argument("--keep-data", action="store_true", help="keep the servers' data directories")
+    parser.add_argument("--server-cpus", default=defaults.server_cpus,
+                        help="CPUs every server and its children run on (taskset -c syntax, e.g. 0 or 0,2); none: any")
+    parser.add_argument("--client-cpus", default=defaults.client_cpus,
+                        help="CPUs the load generator runs on, apart from the servers'; none: any")
     args = parser.parse_args(argv)
     def pairs(text: str) -> list[tuple[str, int]]:
         parsed = []
@@ -319,14 +345,14 @@ def main(argv: list[str] | None = None) -> None:
         encoding=args.encoding, sweep=[float(f) for f in args.sweep.split(",") if f],
         profile_s=args.profile, servers=[s.strip() for s in args.servers.split(",") if s.strip()],
         workloads=pairs(args.workloads), profile_workloads=pairs(args.profile_workloads), out=args.out,
-        keep_data=args.keep_data,
+        keep_data=args.keep_data, server_cpus=args.server_cpus, client_cpus=args.client_cpus,
     )
     unknown = set(options.servers) - {name for name, _, _ in SERVERS}
     if unknown:
         parser.error(f"unknown servers {sorted(unknown)}; choose from {[name for name, _, _ in SERVERS]}")
     try:
         run(options)
-    except (servers.ServerError, LoadError) as exc:
+    except (servers.ServerError, LoadError, pinning.PinningError) as exc:
         sys.exit(f"bench: {exc}")
 
 

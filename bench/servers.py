@@ -3,7 +3,9 @@
 Every server runs through ``python -m platform_core.server`` (the platform's
 daphne) with the same settings module, in production mode (``DJANGO_DEBUG``
 off) and with authentication off so the three applications do the same work
-per frame up to where they differ.
+per frame up to where they differ. Given CPUs, a server is started under
+``taskset -c``: it and every process it starts (the platform's log writer)
+run on those CPUs only.
 """
 
 from __future__ import annotations
@@ -18,9 +20,12 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from . import procstats
+from .pinning import under_taskset
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 WEBSOCKET_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
@@ -171,8 +176,11 @@ def _ready(url: str) -> bool:
 
 
 def start_server(name: str, kind: str, data_dir: Path, log_dir: Path, env: Mapping[str, str] | None = None,
-                 timeout_s: float = START_TIMEOUT_S) -> Server:
-    """Start ``kind`` on ``data_dir`` and return once a WebSocket client gets its ``ready`` message."""
+                 timeout_s: float = START_TIMEOUT_S, cpus: Collection[int] | None = None) -> Server:
+    """Start ``kind`` on ``data_dir`` and return once a WebSocket client gets its ``ready`` message.
+
+    ``cpus``, when given, are the only CPUs the server and its children may run on.
+    """
     application = APPLICATIONS[kind]
     for attempt in range(3):
         port = free_port()
@@ -180,8 +188,8 @@ def start_server(name: str, kind: str, data_dir: Path, log_dir: Path, env: Mappi
         started = time.monotonic()
         with open(log, "ab") as output:
             process = subprocess.Popen(
-                [sys.executable, "-m", "platform_core.server", "-b", "127.0.0.1", "-p", str(port),
-                 "--websocket-max-message-size", str(WEBSOCKET_MAX_MESSAGE_BYTES), application],
+                under_taskset(cpus, [sys.executable, "-m", "platform_core.server", "-b", "127.0.0.1", "-p", str(port),
+                                     "--websocket-max-message-size", str(WEBSOCKET_MAX_MESSAGE_BYTES), application]),
                 cwd=REPO_ROOT, env=server_env(data_dir, env), stdin=subprocess.DEVNULL,
                 stdout=output, stderr=subprocess.STDOUT,
             )
@@ -209,13 +217,11 @@ def wait_idle(pid: int, *, below_cores: float = 0.1, timeout_s: float = 30.0) ->
     Between loads: a server still working through a backlog (the naive one
     queues every message) would otherwise eat into the next load's CPU.
     """
-    from .loadgen import proc_cpu_s
-
     started = time.monotonic()
     while time.monotonic() - started < timeout_s:
-        before = proc_cpu_s(pid)
+        before = procstats.tree_cpu_s(pid)
         time.sleep(0.5)
-        if (proc_cpu_s(pid) - before) / 0.5 < below_cores:
+        if (procstats.tree_cpu_s(pid) - before) / 0.5 < below_cores:
             break
     return time.monotonic() - started
 

@@ -9,6 +9,10 @@ the prediction log, and the log (table ``monitoring_predictionrecord`` of
 the server's SQLite database) is compared with every request the clients saw
 answered, prediction or error: each must be there exactly once.
 
+As in ``make bench``, the server runs on ``--server-cpus`` (default CPU 0,
+under ``taskset``, its log writer included) and the load generator on
+``--client-cpus`` (default CPU 1).
+
 RSS growth is judged after warm-up: the median of the samples in the 30 s
 after warm-up against the median of the last 30 s.
 
@@ -31,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from . import machine, servers
-from .loadgen import LoadError, LoadResult, LoadSpec, clock, format_line, proc_rss_mb, run_load
+from . import machine, pinning, procstats, servers
+from .loadgen import LoadError, LoadResult, LoadSpec, clock, format_line, run_load
 from .report import SOAK_RSS_GROWTH_MAX, soak_summary
 from .run import RESULTS_ROOT
 
@@ -54,7 +58,7 @@ class RssSampler(threading.Thread):
     def run(self) -> None:
         while not self._stop_event.is_set():
             try:
-                self.samples.append((clock() - self.started_at, proc_rss_mb(self.pid)))
+                self.samples.append((clock() - self.started_at, procstats.tree_rss_mb(self.pid)))
             except OSError:  # the process is gone
                 return
             self._stop_event.wait(self.interval_s)
@@ -148,7 +152,8 @@ def markdown(soak: dict[str, Any]) -> str:
     verdict_log = soak["log_check"]["exact"]
     return "\n".join([
         "# Soak results\n",
-        f"On {machine.describe(soak['machine'])}, commit {soak['machine']['git_commit']}.\n",
+        f"On {machine.describe(soak['machine'])}, commit {soak['machine']['git_commit']}. "
+        f"{pinning.describe(soak.get('pinning'))}\n",
         soak_summary(soak),
         "| target | result | verdict |",
         "| --- | --- | --- |",
@@ -161,24 +166,30 @@ def markdown(soak: dict[str, Any]) -> str:
 
 
 def soak(minutes: float, *, model: str, rows: int, fraction: float, sample_s: float, warmup_s: float,
-         connections: int, in_flight: int, processes: int, encoding: str, out: Path, rate: float | None) -> Path:
+         connections: int, in_flight: int, processes: int, encoding: str, out: Path, rate: float | None,
+         placement: pinning.Pinning) -> Path:
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     run_dir = out / f"{stamp}-soak"
     run_dir.mkdir(parents=True)
     load_start = machine.load_average()
     facts = machine.facts()
     print(f"soak: results in {run_dir}; load average {load_start}", flush=True)
+    if placement.warning:
+        print(f"soak: warning: {placement.warning}", file=sys.stderr, flush=True)
     scratch = Path(tempfile.mkdtemp(prefix="bench-soak-"))
     answered: list[str] = []
     try:
         prepared = servers.prepare_data(scratch)
         data_dir = servers.copy_data(prepared, scratch / "platform")
-        server = servers.start_server("platform-soak", "platform", data_dir, run_dir)
+        # Off the server's cores from here on: the RSS sampler runs in this process.
+        pinning.pin_current_process(placement.client_cpus)
+        server = servers.start_server("platform-soak", "platform", data_dir, run_dir, cpus=placement.server_cpus)
+        print(f"soak: {pinning.describe(placement.as_dict())}", flush=True)
         try:
             base = LoadSpec(url=server.url, model=model, rows=rows, encoding=encoding, connections=connections,
                             processes=processes, in_flight=in_flight)
             measured = run_load(replace(base, duration_s=10.0, warmup_s=3.0, id_base=10**13),
-                                server_pid=server.pid)
+                                server_pid=server.pid, client_cpus=placement.client_cpus)
             answered += [str(i) for i in measured.answered_ids().tolist()]
             max_rps = measured.summary()["requests_per_s"]
             print(f"soak: maximum {format_line(measured.summary())}", flush=True)
@@ -192,7 +203,7 @@ def soak(minutes: float, *, model: str, rows: int, fraction: float, sample_s: fl
                 # The whole soak is one open loop: its warm-up is the RSS warm-up.
                 spec = replace(base, rate_per_s=target, warmup_s=warmup_s, duration_s=total_s - warmup_s,
                                id_base=2 * 10**13)
-                result = run_load(spec, server_pid=server.pid)
+                result = run_load(spec, server_pid=server.pid, client_cpus=placement.client_cpus)
             finally:
                 sampler.stop()
             answered += [str(i) for i in result.answered_ids().tolist()]
@@ -223,6 +234,7 @@ def soak(minutes: float, *, model: str, rows: int, fraction: float, sample_s: fl
         "log_check": check,
         "server_exit_code": code,
         "tuning": servers.tuning(),
+        "pinning": placement.as_dict(),
     }
     (run_dir / "soak.json").write_text(json.dumps(results, indent=2) + "\n")
     (run_dir / "soak.md").write_text(markdown(results))
@@ -249,11 +261,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--processes", type=int, default=1)
     parser.add_argument("--encoding", choices=["json", "msgpack"], default="json")
     parser.add_argument("--out", type=Path, default=RESULTS_ROOT)
+    parser.add_argument("--server-cpus", default=pinning.DEFAULT_SERVER_CPUS,
+                        help="CPUs the platform and its log writer run on (taskset -c syntax); none: any")
+    parser.add_argument("--client-cpus", default=pinning.DEFAULT_CLIENT_CPUS,
+                        help="CPUs the load generator runs on, apart from the server's; none: any")
     args = parser.parse_args(argv)
+    try:
+        placement = pinning.plan(args.server_cpus, args.client_cpus)
+    except pinning.PinningError as exc:
+        parser.error(str(exc))
     try:
         soak(args.minutes, model=args.model, rows=args.rows, fraction=args.fraction, sample_s=args.sample,
              warmup_s=args.warmup, connections=args.connections, in_flight=args.in_flight,
-             processes=args.processes, encoding=args.encoding, out=args.out, rate=args.rate)
+             processes=args.processes, encoding=args.encoding, out=args.out, rate=args.rate, placement=placement)
     except (servers.ServerError, LoadError) as exc:
         sys.exit(f"soak: {exc}")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from typing import Any
 
@@ -14,13 +15,17 @@ pytestmark = pytest.mark.realservice
 
 DURATION_S = 1.5
 WARMUP_S = 0.5
+#: The server gets the first CPU this process may use, the client the last (the same one on a one-CPU machine).
+SERVER_CPU = min(os.sched_getaffinity(0))
+CLIENT_CPU = max(os.sched_getaffinity(0))
 
 
 @pytest.fixture(scope="module")
 def ceiling(tmp_path_factory: pytest.TempPathFactory):
-    """One ceiling server for the module, on an empty data directory (it never touches the database)."""
+    """One ceiling server for the module, pinned to SERVER_CPU, on an empty data directory (it never touches it)."""
     directory = tmp_path_factory.mktemp("ceiling")
-    server = servers.start_server("ceiling", "ceiling", directory / "data", directory, timeout_s=60)
+    server = servers.start_server("ceiling", "ceiling", directory / "data", directory, timeout_s=60,
+                                  cpus={SERVER_CPU})
     yield server
     server.stop()
 
@@ -58,6 +63,9 @@ def test_closed_loop_counts_add_up(ceiling, encoding):
     latency = summary["latency_ms"]
     assert 0 < latency["p50"] <= latency["p95"] <= latency["p99"] <= latency["max"]
     assert summary["server_cpu_cores"] > 0
+    assert summary["server_cpu_us_per_request"] == pytest.approx(
+        summary["server_cpu_cores"] * DURATION_S / window["ok"] * 1e6, abs=0.1)
+    assert summary["client_cpu_us_per_request"] > 0
     # Warm-up requests were sent and answered but are not in the window.
     assert summary["counts"]["ok"] > window["ok"]
 
@@ -85,3 +93,25 @@ def test_error_replies_are_counted_by_code(ceiling):
     assert summary["window"]["errors"]["unknown_model"] == summary["window"]["requests"] > 0
     assert summary["requests_per_s"] == 0
     assert len(set(result.answered_ids().tolist())) == summary["counts"]["sent"]
+
+
+@pytest.mark.skipif(SERVER_CPU == CLIENT_CPU, reason="one CPU: server and client cannot be kept apart")
+def test_server_and_client_run_on_the_cpus_they_were_given(ceiling):
+    result = run_load(spec(ceiling, processes=2), server_pid=ceiling.pid, client_cpus={CLIENT_CPU})
+    summary = result.summary()
+
+    assert summary["server_cpus"] == [SERVER_CPU]
+    assert summary["client_cpus"] == [CLIENT_CPU]
+    assert summary["server_processes"] >= 1
+    assert summary["window"]["ok"] > 100
+    # Each side used CPU time of its own in the window.
+    assert summary["server_cpu_cores"] > 0.05 and summary["client_cpu_cores"] > 0.05
+
+
+def test_without_a_server_pid_no_server_figures_are_reported(ceiling):
+    summary = run_load(spec(ceiling)).summary()
+
+    assert summary["server_cpu_cores"] is None
+    assert summary["server_cpu_us_per_request"] is None
+    assert summary["server_cpus"] is None
+    assert summary["client_cpus"] == sorted(os.sched_getaffinity(0))
