@@ -30,8 +30,10 @@ def loads_msgpack(data: bytes) -> Any:
     """Parse MessagePack bytes (string map keys only); raises :class:`DecodeError`."""
     try:
         return msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except msgpack.StackError:
+        raise DecodeError("The frame is not valid MessagePack: it is nested too deeply.") from None
     except Exception as exc:
-        raise DecodeError(f"The frame is not valid MessagePack: {exc}.") from None
+        raise DecodeError(f"The frame is not valid MessagePack: {exc or type(exc).__name__}.") from None
 
 
 def _reject_constant(name: str) -> Any:
@@ -49,3 +51,7 @@ def _strict_json_fallback(text: str | bytes, error: orjson.JSONDecodeError) -> A
         return json.loads(text, parse_constant=_reject_constant)
     except ValueError:
         raise DecodeError(f"The frame is not valid JSON: {error.msg}.") from None
+    except RecursionError:
+        # orjson stops at its own depth limit; the standard parser recurses
+        # until the interpreter's. Either way the document is refused.
+        raise DecodeError(f"The frame is not valid JSON: {error.msg} (nested too deeply).") from None

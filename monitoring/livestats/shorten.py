@@ -12,7 +12,13 @@ SHORT_CHARS = 96
 def _number(value: Any) -> str:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return shorten(value, 24)
-    return f"{value:.4g}"
+    try:
+        return f"{value:.4g}"
+    except OverflowError:
+        # An integer no double can hold (a client may send one; the schema
+        # refuses it): its size says enough, and printing it could be slow.
+        digits = int(value.bit_length() * 0.30103) + 1
+        return f"{'-' if value < 0 else ''}<{digits}-digit integer>"
 
 
 def _join(parts: list[str], limit: int) -> str:

@@ -129,6 +129,21 @@ def test_feed_items_are_shortened_when_published(aggregator):
     assert classified["process"] == aggregator.process_id
 
 
+async def test_integers_no_float_can_hold_never_stop_the_statistics(aggregator):
+    """A client's 401-digit (or 5,000-digit) integer is refused as invalid_input, and still published."""
+    for digits in (401, 5000):
+        huge = 10 ** (digits - 1)
+        events.prediction(prediction("iris", "invalid_input", inputs=[[huge, 1, 2, -huge]]))
+    layer = get_channel_layer()
+    await layer.group_add(DASHBOARD_GROUP, "test-reader")
+    assert await aggregator.publish(layer)
+    message = await asyncio.wait_for(layer.receive("test-reader"), 2)
+    feed = [item["inputs"] for item in message["snapshot"]["recent"]]
+    assert feed == ["[<401-digit integer>, 1, 2, -<401-digit integer>]",
+                    "[<5000-digit integer>, 1, 2, -<5000-digit integer>]"]
+    assert message["snapshot"]["totals"]["errors_by_code"] == {"invalid_input": 2}
+
+
 def test_batch_sizes_in_power_of_two_buckets(aggregator):
     for rows in (1, 2, 3, 4, 7, 8, 256, 1024, 5000):
         events.batch("iris", 2, BatchStats(rows=rows, requests=1, inference_ms=1.0, failed=False))

@@ -48,6 +48,33 @@ async def test_bad_frames_get_their_error_and_the_connection_stays_open(service,
         await assert_still_serving(ws)
 
 
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        ("[" * 100_000 + "]" * 100_000, "invalid_json"),
+        ('{"id": 1, "model": "iris", "inputs": ' + "[" * 100_000 + "]" * 100_000 + "}", "invalid_json"),
+        # Deep, but within the parsers' limits: the rows are refused, not the frame.
+        ('{"id": 1, "model": "iris", "inputs": ' + "[" * 900 + "]" * 900 + "}", "invalid_input"),
+        ('{"id": 1, "model": "iris", "inputs": [[1, 2, 3, ' + "[" * 900 + "]" * 900 + "]]}", "invalid_input"),
+    ],
+    ids=["top-level", "in-inputs", "deep-rows", "deep-value"],
+)
+async def test_deeply_nested_json_gets_its_error_and_the_connection_stays_open(service, api_key, frame, code):
+    async with connected(key=api_key()) as ws:
+        await ws.send_to(text_data=frame)
+        await expect_error(ws, code)
+        await assert_still_serving(ws)
+
+
+async def test_deeply_nested_messagepack_gets_invalid_json_and_the_connection_stays_open(service, api_key):
+    async with connected(key=api_key()) as ws:
+        await ws.send_to(bytes_data=b"\x91" * 100_000 + b"\x90")
+        reply = msgpack.unpackb(await ws.receive_from(timeout=10))
+        assert reply["error"]["code"] == "invalid_json", reply
+        assert reply["error"]["message"] == "The frame is not valid MessagePack: it is nested too deeply."
+        await assert_still_serving(ws)
+
+
 async def test_invalid_input_message_names_row_and_feature_counts(service, api_key):
     async with connected("/ws/v1/predict/iris/", key=api_key()) as ws:
         await ws.send_json_to({"id": "c-18", "inputs": [IRIS_ROW, [1, 2, 3]]})
