@@ -229,6 +229,9 @@ LOGGING = {
 # development convenience that must be asked for explicitly.
 PLATFORM_REQUIRE_API_KEY = env_bool("PLATFORM_REQUIRE_API_KEY", True)
 PLATFORM_AUTH_TIMEOUT_S = float(os.environ.get("PLATFORM_AUTH_TIMEOUT_S", "5"))
+# How often the API keys of open connections are checked: a revoked or expired
+# key's connections are closed (4401) within this time.
+PLATFORM_KEY_CHECK_INTERVAL_S = float(os.environ.get("PLATFORM_KEY_CHECK_INTERVAL_S", "1"))
 
 # Per-connection and per-request limits announced in the `ready` message.
 PLATFORM_MAX_IN_FLIGHT = env_int("PLATFORM_MAX_IN_FLIGHT", 256, minimum=1)
@@ -244,9 +247,11 @@ PLATFORM_REQUEST_TIMEOUT_MS = float(os.environ.get("PLATFORM_REQUEST_TIMEOUT_MS"
 # Load every active model version when the ASGI application is imported.
 PLATFORM_PRELOAD_MODELS = env_bool("PLATFORM_PRELOAD_MODELS", True)
 
-# TensorFlow's CPU threads: by default every core but the one the event loop
-# needs, and one thread between operations (batches already run one at a time).
-PLATFORM_TF_INTRA_OP_THREADS = env_int("PLATFORM_TF_INTRA_OP_THREADS", max(1, (os.cpu_count() or 2) - 1), minimum=1)
+# TensorFlow's CPU threads: by default every core this process may run on
+# (taskset, cgroups) but the one the event loop needs, and one thread between
+# operations (batches already run one at a time).
+PLATFORM_TF_INTRA_OP_THREADS = env_int("PLATFORM_TF_INTRA_OP_THREADS", max(1, len(os.sched_getaffinity(0)) - 1),
+                                       minimum=1)
 PLATFORM_TF_INTER_OP_THREADS = env_int("PLATFORM_TF_INTER_OP_THREADS", 1, minimum=1)
 
 # Move everything loaded at start-up out of the garbage collector's reach

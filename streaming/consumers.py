@@ -30,6 +30,7 @@ from monitoring.events import PredictionEvent
 
 from . import protocol, replies
 from .auth import ANONYMOUS, Client, authenticate, bearer_token, rate_limits
+from .keywatch import key_watch
 from .protocol import ProtocolError
 from .transport import DirectReadLoop, frame_sender
 
@@ -124,6 +125,8 @@ class PredictConsumer(DirectReadLoop, AsyncWebsocketConsumer):
             await self.close(CLOSE_NO_MODEL)
             return
         self.client = client
+        if client.key_id is not None:
+            key_watch.watch(client.key_id, self, self._key_revoked)
         await self._send_message(
             {
                 "type": "ready",
@@ -134,6 +137,10 @@ class PredictConsumer(DirectReadLoop, AsyncWebsocketConsumer):
             },
             binary=False,
         )
+
+    async def _key_revoked(self) -> None:
+        """Called by the key watch when this connection's key was revoked or expired."""
+        await self.close(CLOSE_UNAUTHORIZED)
 
     def _may_use(self, client: Client, model: str) -> bool:
         return self.service.has_model(model) and (client.models is None or model in client.models)
@@ -147,6 +154,9 @@ class PredictConsumer(DirectReadLoop, AsyncWebsocketConsumer):
         for task in list(self.in_flight):
             task.cancel()
         live_consumers.discard(self)
+        client = getattr(self, "client", None)
+        if client is not None and client.key_id is not None:
+            key_watch.forget(client.key_id, self)
         if getattr(self, "_counted", False):
             self._counted = False
             events.connection_change(-1)

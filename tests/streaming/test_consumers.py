@@ -72,6 +72,31 @@ async def test_revoked_and_expired_keys_close_4401(service, api_key):
         assert await ws.receive_output(timeout=5) == {"type": "websocket.close", "code": 4401}
 
 
+@pytest.mark.parametrize("change", ["revoke", "expire", "delete"])
+async def test_a_key_revoked_or_expired_while_connected_closes_its_connections_4401(service, api_key, settings,
+                                                                                 change):
+    settings.PLATFORM_KEY_CHECK_INTERVAL_S = 0.2
+    doomed, other = api_key("doomed"), api_key("other")
+    async with connected(key=doomed) as first, connected(key=doomed) as second, connected(key=other) as bystander:
+        await first.send_json_to({"id": 1, "model": "iris", "inputs": [IRIS_ROW]})
+        assert (await first.receive_json_from(timeout=5))["type"] == "prediction"
+
+        def apply():
+            key = APIKey.objects.get(name="doomed")
+            if change == "revoke":
+                key.revoke()
+            elif change == "expire":
+                key.expires_at = timezone.now()
+                key.save(update_fields=["expires_at"])
+            else:
+                key.delete()
+
+        await database_sync_to_async(apply)()
+        for ws in (first, second):
+            assert await ws.receive_output(timeout=2) == {"type": "websocket.close", "code": 4401}
+        await assert_still_serving(bystander)
+
+
 async def test_auth_message_then_predict(service, api_key):
     raw = api_key()
     ws = WebsocketCommunicator(application, "/ws/v1/predict/iris/")
@@ -290,7 +315,7 @@ async def test_predictions_go_out_through_the_send_frame_extension_when_the_serv
 
 async def test_a_served_prediction_reaches_the_log_as_its_frame_and_the_reply_sent(service, api_key):
     from monitoring import events
-    from monitoring.rows import event_row, materialize, raw_row
+    from monitoring.predictionlog.rows import event_row, materialize, raw_row
     from platform_core.extensions import SEND_FRAME
 
     frames: list[bytes] = []
