@@ -166,11 +166,33 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Channel layer: in-memory unless REDIS_URL is set.
 REDIS_URL = os.environ.get("REDIS_URL", "")
+
+
+def redis_host(url: str) -> dict:
+    """A channels-redis host whose pooled connections survive a Redis restart.
+
+    A connection the server closed (Redis restarted, a proxy timed it out) is
+    found stale only when used; its command is then retried on a new one
+    instead of failing the caller (a dashboard's ``group_add``, a publish).
+    """
+    from redis.asyncio.retry import Retry
+    from redis.backoff import ExponentialBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    return {
+        "address": url,
+        "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=5),
+        "retry_on_error": [RedisConnectionError, RedisTimeoutError, ConnectionResetError],
+        "health_check_interval": 5,
+    }
+
+
 if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL], "capacity": 1000, "expiry": 10},
+            "CONFIG": {"hosts": [redis_host(REDIS_URL)], "capacity": 1000, "expiry": 10},
         }
     }
 else:

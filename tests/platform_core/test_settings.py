@@ -1,11 +1,14 @@
 """Settings read from the environment: database and channel layer switching, production refusals."""
 
 import asyncio
+import contextlib
 import runpy
 import secrets
+import socket
 import subprocess
 import sys
 import textwrap
+import time
 import uuid
 
 import psycopg
@@ -13,6 +16,7 @@ import pytest
 from channels_redis.core import RedisChannelLayer
 from django.core.exceptions import ImproperlyConfigured
 
+from bench.servers import free_port
 from tests.support.services import REPO_ROOT, manage, platform_env
 
 STRONG_KEY = secrets.token_urlsafe(50)
@@ -100,7 +104,42 @@ def test_without_redis_url_the_channel_layer_is_in_memory(read_settings):
 def test_redis_url_switches_to_channels_redis(read_settings):
     layer = read_settings(DJANGO_DEBUG="1", REDIS_URL="redis://cache.internal:6380/2")["CHANNEL_LAYERS"]["default"]
     assert layer["BACKEND"] == "channels_redis.core.RedisChannelLayer"
-    assert layer["CONFIG"]["hosts"] == ["redis://cache.internal:6380/2"]
+    assert [host["address"] for host in layer["CONFIG"]["hosts"]] == ["redis://cache.internal:6380/2"]
+
+
+async def test_the_channel_layer_carries_on_after_redis_restarts(read_settings, tmp_path):
+    """The first group_add after a restart must not fail on a stale pooled connection."""
+    port = free_port()
+    command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+               "--dir", str(tmp_path)]
+
+    def start() -> subprocess.Popen:
+        server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return server
+            time.sleep(0.05)
+        server.kill()
+        raise AssertionError(f"redis-server did not start on port {port}")
+
+    config = read_settings(DJANGO_DEBUG="1", REDIS_URL=f"redis://127.0.0.1:{port}/0")["CHANNEL_LAYERS"]["default"]
+    server = start()
+    try:
+        layer = RedisChannelLayer(**config["CONFIG"])
+        await layer.group_add("dashboard", "before")
+        server.terminate()
+        server.wait(10)
+        server = start()
+        await layer.group_add("dashboard", "after")  # a stale connection of the pool is retried, not raised
+        channel = await layer.new_channel()
+        await layer.group_add("dashboard", channel)
+        await layer.group_send("dashboard", {"type": "dashboard.snapshot", "n": 1})
+        assert await asyncio.wait_for(layer.receive(channel), timeout=5) == {"type": "dashboard.snapshot", "n": 1}
+        await layer.flush()
+    finally:
+        server.terminate()
+        server.wait(10)
 
 
 SEND_FROM_ANOTHER_PROCESS = textwrap.dedent(
