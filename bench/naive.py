@@ -38,8 +38,8 @@ from channels.generic.websocket import WebsocketConsumer  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.urls import re_path  # noqa: E402
 
+from inference.artifacts import artifact_path  # noqa: E402
 from inference.models import MLModel  # noqa: E402
-from inference.registry import artifact_path  # noqa: E402
 
 
 class NaiveModel:
