@@ -1,0 +1,84 @@
+"""How connections close: the protocol's close codes, 1009 for oversized frames, a graceful drain at shutdown.
+
+Why, and when each part can go:
+
+- The application closes with 1001 (going away), 1008 (policy), 1009 (too
+  big) and 1011 (internal error), as the protocol promises; daphne passes
+  the code to autobahn's ``sendClose``, which accepts only 1000 and
+  3000-4999 from an application. Can go when autobahn's ``sendClose`` (or
+  daphne's ``serverClose``) sends these codes.
+- A frame over ``--websocket-max-message-size`` is answered with 1009;
+  autobahn's ``failByDrop``, on by default in daphne's factory, drops the
+  TCP connection without a closing handshake instead. Can go when daphne
+  lets the factory's options be set, or stops failing by drop.
+- On SIGTERM or SIGINT the shutdown hooks of ``platform_core.lifecycle`` run
+  before daphne cancels the applications: each connection's requests in
+  flight are answered and it is closed with 1001, the prediction log is
+  flushed. Can go when daphne runs an ASGI lifespan shutdown (or another
+  hook) before it cancels the applications.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from autobahn.websocket.protocol import WebSocketProtocol as AutobahnWebSocketProtocol
+from autobahn.websocket.protocol import WebSocketServerFactory
+from autobahn.websocket.protocol import WebSocketServerProtocol as AutobahnWebSocketServerProtocol
+from daphne.server import Server
+from daphne.ws_protocol import WebSocketFactory, WebSocketProtocol
+from twisted.internet import defer
+
+from platform_core.server.internals import Attribute, Listed, Mentioned, Parameter, require
+
+logger = logging.getLogger(__name__)
+
+INTERNALS = (
+    Attribute("autobahn", AutobahnWebSocketProtocol, "sendCloseFrame"),
+    Parameter("autobahn", AutobahnWebSocketProtocol, "sendCloseFrame", "code"),
+    Parameter("autobahn", AutobahnWebSocketProtocol, "sendCloseFrame", "isReply"),
+    Listed("autobahn", AutobahnWebSocketServerProtocol, "CONFIG_ATTRS", "failByDrop"),
+    Parameter("autobahn", WebSocketServerFactory, "setProtocolOptions", "failByDrop"),
+    # The application's websocket.close reaches the protocol through serverClose.
+    Attribute("daphne", WebSocketProtocol, "serverClose"),
+    Mentioned("daphne", WebSocketProtocol, "handle_reply", "serverClose"),
+    # kill_all_applications is what daphne's reactor calls before it shuts down.
+    Attribute("daphne", Server, "kill_all_applications"),
+    Mentioned("daphne", Server, "run", "kill_all_applications"),
+)
+
+
+def check_internals() -> None:
+    """Raise IncompatibleDependency if the installed daphne or autobahn lacks what this patch relies on."""
+    require(__name__, INTERNALS)
+
+
+# Close codes of RFC 6455 that the protocol sends (going away, policy, too
+# big, internal error) but that autobahn's sendClose() reserves for itself.
+PROTOCOL_CLOSE_CODES = frozenset({1001, 1008, 1009, 1011})
+
+
+def answer_oversized_frames(factory: WebSocketFactory) -> None:
+    """Make ``factory``'s connections close with 1009 on a too-big frame instead of dropping TCP."""
+    factory.setProtocolOptions(failByDrop=False)
+
+
+class CloseCodesProtocol(WebSocketProtocol):
+    def serverClose(self, code=None):
+        """Called when the application sends ``websocket.close``."""
+        if code in PROTOCOL_CLOSE_CODES:
+            self.sendCloseFrame(code=code, isReply=False)
+        else:
+            super().serverClose(code)
+
+
+class GracefulDrainServer(Server):
+    def kill_all_applications(self):
+        """Called by the reactor before it shuts down: drain first, then cancel what is left."""
+        from platform_core.lifecycle import run_shutdown_hooks
+
+        drained = defer.Deferred.fromFuture(asyncio.ensure_future(run_shutdown_hooks()))
+        drained.addErrback(lambda failure: logger.error("Graceful shutdown failed: %s", failure.value))
+        drained.addBoth(lambda _: super(GracefulDrainServer, self).kill_all_applications())
+        return drained
