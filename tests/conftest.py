@@ -3,6 +3,12 @@
 A test that needs Redis, PostgreSQL or a daphne process gets a running one or
 fails with the reason; it is never skipped. Such tests are marked
 ``realservice`` automatically, so ``pytest -m "not realservice"`` runs the rest.
+
+Redis and PostgreSQL are reused when one answers at ``REDIS_URL`` /
+``DATABASE_URL`` (else the default local ports); otherwise a throwaway server
+is started for the session: Redis by pytest-redis's ``redis_proc`` fixture,
+PostgreSQL by ``postgres_cluster`` below (see ``tests/support/postgres_server.py``
+for why not pytest-postgresql's fixture).
 """
 
 from __future__ import annotations
@@ -14,13 +20,23 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.support import services
-from tests.support.services import DaphneServer, DemoData, ServiceUnavailable
+from tests.support import daphne
+from tests.support.commands import CommandFailed, DemoData, prepare_demo_data
+from tests.support.daphne import DaphneServer
+from tests.support.postgres_server import postgres_server_url, throwaway_database, throwaway_postgres
+from tests.support.processes import ServiceUnavailable
+from tests.support.redis_server import claimed_redis_database, redis_server_url
 
 if TYPE_CHECKING:
     from inference.demo import TrainedModel
 
-REAL_SERVICE_FIXTURES = {"redis_url", "postgres_url", "demo_data", "demo_env", "start_daphne", "daphne_server"}
+# Fixtures of the live statistics, shared by the monitoring and the dashboard tests.
+pytest_plugins = ["tests.monitoring.livestats_fixtures"]
+
+REAL_SERVICE_FIXTURES = {
+    "redis_url", "redis_proc", "postgres_url", "postgres_cluster",
+    "demo_data", "demo_env", "start_daphne", "daphne_server",
+}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -30,20 +46,27 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
+def redis_url(request: pytest.FixtureRequest) -> Iterator[str]:
     """URL of an empty Redis database owned by this session (``redis://host:port/<db>``)."""
     try:
-        with services.redis_service() as url:
+        with claimed_redis_database(redis_server_url(request)) as url:
             yield url
     except ServiceUnavailable as exc:
         pytest.fail(str(exc), pytrace=False)
 
 
 @pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
+def postgres_cluster() -> Iterator[str]:
+    """URL of a PostgreSQL cluster started for this session; asked for only when none answers to reuse."""
+    with throwaway_postgres() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def postgres_url(request: pytest.FixtureRequest) -> Iterator[str]:
     """URL of a PostgreSQL database created for this session and dropped after it."""
     try:
-        with services.postgres_service() as url:
+        with throwaway_database(postgres_server_url(request)) as url:
             yield url
     except ServiceUnavailable as exc:
         pytest.fail(str(exc), pytrace=False)
@@ -53,8 +76,8 @@ def postgres_url() -> Iterator[str]:
 def demo_data(tmp_path_factory: pytest.TempPathFactory) -> DemoData:
     """A migrated data directory with the four demo models trained once per session; read-only."""
     try:
-        return services.prepare_demo_data(tmp_path_factory.mktemp("demo"))
-    except services.CommandFailed as exc:
+        return prepare_demo_data(tmp_path_factory.mktemp("demo"))
+    except CommandFailed as exc:
         pytest.fail(f"Could not prepare the demo models: {exc}", pytrace=False)
 
 
@@ -75,12 +98,12 @@ def _daphne_factory(
         extra_args: Sequence[str] = (),
         *,
         demo_models: bool = True,
-        timeout_s: float = services.DAPHNE_START_TIMEOUT_S,
+        timeout_s: float = daphne.DAPHNE_START_TIMEOUT_S,
     ) -> DaphneServer:
         """Start daphne on a fresh data directory (a copy of the demo models unless ``demo_models=False``)."""
         demo = request.getfixturevalue("demo_data") if demo_models else None
         try:
-            server = services.start_daphne(
+            server = daphne.start_daphne(
                 tmp_path_factory.mktemp("daphne"), env=env, extra_args=extra_args, demo=demo, timeout_s=timeout_s
             )
         except ServiceUnavailable as exc:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from tests.monitoring.conftest_metrics import idle_connection, predictions, promtool, scrape, value
+from tests.monitoring.metrics_support import idle_connection, predictions, promtool, scrape, value
 
 IRIS_1_OK = {"model": "iris", "version": "1", "outcome": "ok"}
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from websockets.sync.client import connect
 
-from tests.monitoring.conftest_metrics import (
+from tests.monitoring.metrics_support import (
     IRIS_ROW,
     Prometheus,
     exchange,

@@ -23,11 +23,13 @@ import pytest
 import websockets
 from prometheus_client.parser import text_string_to_metric_families
 
-from inference.service import InferenceService, ModelInfo
+from bench.servers import free_port, tail
+from inference.served import ServedModel
+from inference.service import InferenceService
 from monitoring import metrics
-from tests.support import services
+from tests.support.daphne import DaphneServer
 from tests.support.fakes import fake_entry, serve_fake_models
-from tests.support.services import DaphneServer, ServiceUnavailable
+from tests.support.processes import ServiceUnavailable, stop_process, wait_until
 
 PROMETHEUS_START_TIMEOUT_S = 60.0
 IRIS_ROW = [5.1, 3.5, 1.4, 0.2]
@@ -45,9 +47,9 @@ def served_models(monkeypatch: pytest.MonkeyPatch) -> InferenceService:
     features = ["a", "b", "c", "d"]
     service = serve_fake_models(
         monkeypatch,
-        ModelInfo("iris", "regression", features, "value", 2,
+        ServedModel("iris", "regression", features, "value", 2,
                   {1: fake_entry("iris", 1, features), 2: fake_entry("iris", 2, features)}),
-        ModelInfo("wine", "regression", features, "value", 1, {1: fake_entry("wine", 1, features)}),
+        ServedModel("wine", "regression", features, "value", 1, {1: fake_entry("wine", 1, features)}),
     )
     metrics.flush()
     monkeypatch.setattr(metrics, "_request_series", {})
@@ -190,7 +192,7 @@ class Prometheus:
         raise AssertionError(f"{expr} should be {expected}; Prometheus says {result}")
 
     def stop(self) -> None:
-        services.stop_process(self.process)
+        stop_process(self.process)
 
 
 def prometheus_binary() -> str:
@@ -219,7 +221,7 @@ def start_prometheus(directory: Path, targets: Sequence[str]) -> Prometheus:
     config = directory / "prometheus.yml"
     config.write_text(prometheus_config(targets))  # JSON is YAML
     for attempt in range(3):
-        port = services.free_port()
+        port = free_port()
         with open(directory / "prometheus.log", "wb") as log:
             process = subprocess.Popen(
                 [binary, f"--config.file={config}", f"--storage.tsdb.path={directory / 'data'}",
@@ -235,12 +237,11 @@ def start_prometheus(directory: Path, targets: Sequence[str]) -> Prometheus:
                 return False
 
         try:
-            services.wait_until(ready, timeout_s=PROMETHEUS_START_TIMEOUT_S, what="prometheus",
-                                process=process, log=server.log)
+            wait_until(ready, timeout_s=PROMETHEUS_START_TIMEOUT_S, what="prometheus", process=process, log=server.log)
             return server
         except ServiceUnavailable:
             server.stop()
-            if attempt < 2 and "address already in use" in services.tail(server.log):
+            if attempt < 2 and "address already in use" in tail(server.log):
                 continue
             raise
     raise AssertionError("unreachable")
