@@ -2,15 +2,11 @@
 
 from django.db import models
 
-from inference.outcomes import MODEL_NAME_LENGTH
 from inference.outcomes import Outcome as OutcomeCode
 
-# Widths of the text columns; the writer (monitoring.recorder) cuts longer
-# values, a model name in a refused frame being whatever the client sent.
-API_KEY_NAME_LENGTH = 100
-REQUEST_ID_LENGTH = 128
-OUTCOME_LENGTH = 32
-
+# The widths of the text columns, one source for this model and for the writer
+# (monitoring.predictionlog), which cuts longer values.
+from .predictionlog.columns import API_KEY_NAME_LENGTH, MODEL_NAME_LENGTH, OUTCOME_LENGTH, REQUEST_ID_LENGTH
 
 #: ``ok`` or one of the protocol's error codes (docs: PROTOCOL.md, "Errors"), as model choices.
 Outcome = models.TextChoices("Outcome", [(code.name, (code.value, code.value)) for code in OutcomeCode])

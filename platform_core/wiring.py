@@ -12,7 +12,7 @@ from django.conf import settings
 
 from inference import service as inference_service
 from inference.served import ModelState
-from monitoring import events, livestats, metrics, recorder
+from monitoring import events, livestats, metrics, predictionlog
 from platform_core.lifecycle import on_shutdown
 from streaming.consumers import drain_connections
 
@@ -34,5 +34,5 @@ def connect() -> None:
     inference_service.observe_batches(events.batch)
     metrics.install(serving_state)
     on_shutdown(metrics.shutdown, order=METRICS_ORDER)
-    recorder.install()
+    predictionlog.install()
     livestats.install(serving_state)

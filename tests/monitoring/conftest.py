@@ -15,7 +15,7 @@ from django.db import OperationalError, connection
 from prometheus_client import REGISTRY
 
 from monitoring.events import PredictionEvent
-from monitoring.recorder import PredictionLog
+from monitoring.predictionlog import PredictionLog
 
 IRIS_OUTPUT = {"label": "setosa", "probabilities": {"setosa": 0.97, "versicolor": 0.02, "virginica": 0.01}}
 

@@ -279,7 +279,7 @@ async def test_postgresql_refusing_connections_delays_records_but_loses_none(sta
 
 
 def spilled_request_ids(directory: Path) -> list[str]:
-    index = 5  # request_id, in the order of monitoring.recorder.COLUMNS
+    index = 5  # request_id, in the order of monitoring.predictionlog.COLUMNS
     return [json.loads(line)[index] for path in directory.glob("predictions-*.jsonl")
             for line in path.read_text().splitlines()]
 

@@ -1,4 +1,4 @@
-"""Errors of the monitoring app."""
+"""Errors of the prediction log."""
 
 
 class SpillFileError(Exception):

@@ -1,4 +1,4 @@
-"""Prediction records as rows: tuples in the order of ``COLUMNS``, ready to insert or spill.
+"""Prediction records as rows: :class:`Row` tuples in the order of ``COLUMNS``, ready to insert or spill.
 
 A row is built in one of two ways. :func:`event_row` turns an event into its
 final row on the event loop (inputs and outputs as JSON text). A served
@@ -6,33 +6,57 @@ prediction takes a cheaper way: :func:`raw_row` keeps the frame the client
 sent and the reply the platform encoded, as they are (text or bytes nobody
 else holds), and :func:`materialize` turns them into the final row later,
 where the writer runs; in the writer process, off the server's interpreter.
+
+A spill-file line is a row as a JSON array in ``COLUMNS`` order
+(:func:`dump_row`); the fields keep that order so that files written by an
+earlier process replay.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
 from inference.codec import loads_json, loads_msgpack
 
-from .events import PredictionEvent
+from ..events import PredictionEvent
+from .columns import API_KEY_NAME_LENGTH, MODEL_NAME_LENGTH, OUTCOME_LENGTH, REQUEST_ID_LENGTH
 
-#: The columns of a record, in the order of the row tuples the writer builds
-#: and of the JSON arrays in spill files. ``received_at`` is kept as Unix
-#: seconds until the insert; ``inputs`` and ``outputs`` as JSON text.
-COLUMNS = (
-    "event_id", "received_at", "model", "version", "api_key", "request_id", "rows",
-    "inputs", "outputs", "outcome", "error", "queue_ms", "inference_ms", "total_ms", "batch_size",
-)
-Row = tuple[Any, ...]
-
-# The widths of PredictionRecord's text columns (monitoring.models; not
-# imported here, so that this module loads before the app registry): longer
-# values are cut, a model name in a refused frame being whatever the client sent.
-MODEL_LENGTH, API_KEY_LENGTH, REQUEST_ID_LENGTH, OUTCOME_LENGTH = 64, 100, 128, 32
 _MAX_FALLBACK_CHARS = 100_000
 _INT_MIN, _INT_MAX = -(2**31), 2**31 - 1
+
+
+class Row(NamedTuple):
+    """One prediction record, a field per column of ``PredictionRecord``.
+
+    In a final row the text fields are cut to their columns' widths and the
+    inputs and outputs are JSON text; a raw row (:func:`raw_row`) holds the
+    event's values as they came.
+    """
+
+    event_id: str
+    #: Unix seconds until the insert.
+    received_at: float
+    model: Any
+    version: Any
+    api_key: Any
+    request_id: Any
+    rows: Any
+    #: JSON text; in a raw row, the client's frame (text or MessagePack bytes).
+    inputs: Any
+    #: JSON text; in a raw row, the encoded reply (bytes).
+    outputs: Any
+    outcome: Any
+    error: Any
+    queue_ms: Any
+    inference_ms: Any
+    total_ms: Any
+    batch_size: Any
+
+
+#: The columns of a record, in the order of a row's fields and of the JSON arrays in spill files.
+COLUMNS: tuple[str, ...] = Row._fields
 
 
 # -- turning events into rows ---------------------------------------------------------
@@ -87,12 +111,12 @@ def _row(event_id: str, received_at: float, model: Any, version: Any, api_key: A
     model = model or ""
     if version is not None and not _INT_MIN <= version <= _INT_MAX:
         version = None
-    return (
+    return Row(
         event_id,
         received_at,
-        model if len(model) <= MODEL_LENGTH else model[:MODEL_LENGTH],
+        model if len(model) <= MODEL_NAME_LENGTH else model[:MODEL_NAME_LENGTH],
         version,
-        _text(api_key, API_KEY_LENGTH),
+        _text(api_key, API_KEY_NAME_LENGTH),
         rid if len(rid) <= REQUEST_ID_LENGTH else rid[:REQUEST_ID_LENGTH],
         rows,
         inputs,
@@ -113,22 +137,21 @@ def raw_row(event_id: str, event: PredictionEvent) -> Row:
     costs one tuple. :func:`materialize` makes it the row :func:`event_row`
     would have made.
     """
-    return (event_id, event.received_at, event.model, event.version, event.api_key, event.request_id,
-            event.rows, event.frame, event.reply, event.outcome, event.error, event.queue_ms,
-            event.inference_ms, event.total_ms, event.batch_size)
+    return Row(event_id, event.received_at, event.model, event.version, event.api_key, event.request_id,
+               event.rows, event.frame, event.reply, event.outcome, event.error, event.queue_ms,
+               event.inference_ms, event.total_ms, event.batch_size)
 
 
 def is_raw(row: Row) -> bool:
     """Whether ``row`` came from :func:`raw_row`: its outputs are the encoded reply, bytes, not JSON text."""
-    return type(row[8]) is bytes
+    return type(row.outputs) is bytes
 
 
 def materialize(row: Row) -> Row:
     """The final row of a raw row (a final row is returned as it is)."""
     if not is_raw(row):
         return row
-    (event_id, received_at, model, version, api_key, rid, rows, frame, reply, outcome, error,
-     queue_ms, inference_ms, total_ms, batch_size) = row
+    frame, reply = row.inputs, row.outputs
     binary = type(frame) is not str
     inputs_json = outputs_json = None
     if not binary:
@@ -142,14 +165,18 @@ def materialize(row: Row) -> Row:
     if inputs_json is None:
         inputs_json = to_json(_body(frame, binary).get("inputs"))
         outputs_json = to_json(_body(reply, binary).get("outputs"))
-    return _row(event_id, received_at, model, version, api_key, rid, rows, inputs_json, outputs_json,
-                outcome, error, queue_ms, inference_ms, total_ms, batch_size)
+    return _row(row.event_id, row.received_at, row.model, row.version, row.api_key, row.request_id, row.rows,
+                inputs_json, outputs_json, row.outcome, row.error, row.queue_ms, row.inference_ms, row.total_ms,
+                row.batch_size)
 
 
 def _body(payload: str | bytes, binary: bool) -> dict[str, Any]:
     """A frame or reply the server has already parsed or written once, read with the server's own parser."""
     body = loads_msgpack(payload) if binary and isinstance(payload, bytes) else loads_json(payload)
     return body if type(body) is dict else {}
+
+
+# -- rows the database or the disk refuses ----------------------------------------------
 
 
 def _clean_text(value: Any) -> Any:
@@ -181,33 +208,43 @@ def _clean_float(value: Any) -> float | None:
 def cleaned_row(row: Row) -> Row:
     """A row the database refused, made storable: text without NUL or lone surrogates, numbers or NULL."""
     row = materialize(row)
-    (event_id, received_at, model, version, api_key, rid, rows, inputs, outputs, outcome, error,
-     queue_ms, inference_ms, total_ms, batch_size) = row
-    return (
-        event_id, received_at, _clean_text(model), _clean_int(version), _clean_text(api_key),
-        _clean_text(rid), _clean_int(rows, 0) or 0, _clean_json(inputs), _clean_json(outputs),
-        _clean_text(outcome), _clean_text(error), _clean_float(queue_ms), _clean_float(inference_ms),
-        _clean_float(total_ms), _clean_int(batch_size, 0),
+    return Row(
+        row.event_id, row.received_at, _clean_text(row.model), _clean_int(row.version), _clean_text(row.api_key),
+        _clean_text(row.request_id), _clean_int(row.rows, 0) or 0, _clean_json(row.inputs),
+        _clean_json(row.outputs), _clean_text(row.outcome), _clean_text(row.error), _clean_float(row.queue_ms),
+        _clean_float(row.inference_ms), _clean_float(row.total_ms), _clean_int(row.batch_size, 0),
     )
+
+
+def pg_safe(row: Row) -> Row:
+    """The row, cleaned if PostgreSQL would refuse it for a NUL character."""
+    if "\x00" in row.model or "\x00" in row.api_key or "\x00" in row.request_id or "\x00" in row.error:
+        return cleaned_row(row)
+    for text in (row.inputs, row.outputs):
+        if text is not None and "\\u0000" in text:
+            return cleaned_row(row)
+    return row
+
+
+# -- spill-file lines ---------------------------------------------------------------------
 
 
 def dump_row(row: Row) -> bytes:
     """One spill-file line, without its newline."""
     row = materialize(row)
+    # orjson writes a plain tuple as an array, and refuses tuple subclasses.
     try:
-        return orjson.dumps(row)
+        return orjson.dumps(tuple(row))
     except TypeError:
-        return orjson.dumps(cleaned_row(row))
+        return orjson.dumps(tuple(cleaned_row(row)))
 
 
-def _pg_safe(row: Row) -> Row:
-    """The row, cleaned if PostgreSQL would refuse it for a NUL character."""
-    for index in (2, 4, 5, 10):
-        if "\x00" in row[index]:
-            return cleaned_row(row)
-    for index in (7, 8):
-        if row[index] is not None and "\\u0000" in row[index]:
-            return cleaned_row(row)
-    return row
-
-
+def load_row(line: bytes) -> Row | None:
+    """The row of one spill-file line, or None if the line is not one (torn, or not a record)."""
+    try:
+        values = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    if type(values) is list and len(values) == len(COLUMNS) and type(values[0]) is str:
+        return Row._make(values)
+    return None
