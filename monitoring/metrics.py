@@ -113,7 +113,7 @@ WEBSOCKET_CONNECTIONS = Gauge(
     namespace=NAMESPACE, multiprocess_mode="livesum",
 )
 
-# -- the prediction-log writer (monitoring.recorder) --------------------------------
+# -- the prediction-log writer (monitoring.predictionlog) --------------------------------
 
 LOG_BUFFER_RECORDS = Gauge(
     "log_buffer_records", "Prediction records waiting in memory for the database.",

@@ -302,7 +302,7 @@ if PROMETHEUS_MULTIPROC_DIR:
 
 # --- Prediction log ------------------------------------------------------------
 #
-# One database record per answered request (monitoring.recorder), written by a
+# One database record per answered request (monitoring.predictionlog), written by a
 # background thread in batches so that replies never wait for the database.
 
 # Off only where something else keeps the audit trail, or in test processes

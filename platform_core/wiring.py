@@ -3,7 +3,8 @@
 ``inference`` reports its model calls to whoever observes them, ``monitoring``
 listens to the serving events and reads what the pool serves through
 callables handed to it here, and the shutdown hooks run in the order given
-here: connections drain first, then the metrics flush, then the prediction log.
+here: connections drain first, then the prediction log writes what it holds,
+then the metrics flush (the log's own gauges and counters included).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from monitoring import events, livestats, metrics, predictionlog
 from platform_core.lifecycle import on_shutdown
 from streaming.consumers import drain_connections
 
-DRAIN_ORDER, METRICS_ORDER, PREDICTION_LOG_ORDER = 10, 80, 100
+DRAIN_ORDER, PREDICTION_LOG_ORDER, METRICS_ORDER = 10, 50, 80
 
 
 def serving_state() -> list[ModelState]:
@@ -35,4 +36,5 @@ def connect() -> None:
     metrics.install(serving_state)
     on_shutdown(metrics.shutdown, order=METRICS_ORDER)
     predictionlog.install()
+    on_shutdown(predictionlog.shutdown, order=PREDICTION_LOG_ORDER)
     livestats.install(serving_state)

@@ -4,7 +4,7 @@ It differs from plain ``daphne`` by a few patches to daphne, autobahn and
 Twisted, one module each, each saying why it exists and when it can go:
 
 - :mod:`.closing`: the protocol's close codes (1001, 1008, 1009, 1011), 1009
-  for a frame over ``--websocket-max-message-size``, and a graceful drain on
+  for a frame over ``PLATFORM_MAX_FRAME_BYTES``, and a graceful drain on
   SIGTERM or SIGINT (``platform_core.lifecycle``'s shutdown hooks first);
 - :mod:`.send_frame`: the ASGI scope extension ``platform.send_frame``, a
   synchronous send of an encoded frame;

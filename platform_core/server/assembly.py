@@ -14,7 +14,12 @@ from daphne.cli import CommandLineInterface
 from daphne.server import Server
 
 from platform_core.server import closing, coalescing, send_frame, unmasking
-from platform_core.server.closing import CloseCodesProtocol, GracefulDrainServer, answer_oversized_frames
+from platform_core.server.closing import (
+    CloseCodesProtocol,
+    GracefulDrainServer,
+    answer_oversized_frames,
+    configured_frame_limit,
+)
 from platform_core.server.coalescing import CoalescedWritesProtocol, CoalescedWritesServer
 from platform_core.server.internals import Attribute, Mentioned, Parameter, require
 from platform_core.server.send_frame import SendFrameServer
@@ -54,7 +59,7 @@ class PlatformServer(CoalescedWritesServer, SendFrameServer, GracefulDrainServer
         """Called by ``Server.run()`` once the factories exist, before the reactor runs."""
         use_fast_unmasking()
         self.ws_factory.protocol = PlatformWebSocketProtocol
-        answer_oversized_frames(self.ws_factory)
+        answer_oversized_frames(self.ws_factory, configured_frame_limit())
         if self._outer_ready_callable is not None:
             self._outer_ready_callable()
 

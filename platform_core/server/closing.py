@@ -7,10 +7,12 @@ Why, and when each part can go:
   the code to autobahn's ``sendClose``, which accepts only 1000 and
   3000-4999 from an application. Can go when autobahn's ``sendClose`` (or
   daphne's ``serverClose``) sends these codes.
-- A frame over ``--websocket-max-message-size`` is answered with 1009;
-  autobahn's ``failByDrop``, on by default in daphne's factory, drops the
-  TCP connection without a closing handshake instead. Can go when daphne
-  lets the factory's options be set, or stops failing by drop.
+- A frame or message over ``PLATFORM_MAX_FRAME_BYTES`` is answered with
+  1009; autobahn's ``failByDrop``, on by default in daphne's factory, drops
+  the TCP connection without a closing handshake instead. The frame and the
+  message limit both follow that one setting (daphne's two flags default to
+  1 MiB frames). Can go when daphne lets the factory's options be set, or
+  stops failing by drop.
 - On SIGTERM or SIGINT the shutdown hooks of ``platform_core.lifecycle`` run
   before daphne cancels the applications: each connection's requests in
   flight are answered and it is closed with 1001, the prediction log is
@@ -40,6 +42,9 @@ INTERNALS = (
     Parameter("autobahn", AutobahnWebSocketProtocol, "sendCloseFrame", "isReply"),
     Listed("autobahn", AutobahnWebSocketServerProtocol, "CONFIG_ATTRS", "failByDrop"),
     Parameter("autobahn", WebSocketServerFactory, "setProtocolOptions", "failByDrop"),
+    Parameter("autobahn", WebSocketServerFactory, "setProtocolOptions", "allowNullOrigin"),
+    Parameter("autobahn", WebSocketServerFactory, "setProtocolOptions", "maxFramePayloadSize"),
+    Parameter("autobahn", WebSocketServerFactory, "setProtocolOptions", "maxMessagePayloadSize"),
     # The application's websocket.close reaches the protocol through serverClose.
     Attribute("daphne", WebSocketProtocol, "serverClose"),
     Mentioned("daphne", WebSocketProtocol, "handle_reply", "serverClose"),
@@ -59,9 +64,27 @@ def check_internals() -> None:
 PROTOCOL_CLOSE_CODES = frozenset({1001, 1008, 1009, 1011})
 
 
-def answer_oversized_frames(factory: WebSocketFactory) -> None:
-    """Make ``factory``'s connections close with 1009 on a too-big frame instead of dropping TCP."""
-    factory.setProtocolOptions(failByDrop=False)
+def configured_frame_limit() -> int | None:
+    """``PLATFORM_MAX_FRAME_BYTES`` of the application's Django settings; None for an application without it."""
+    from django.conf import settings
+
+    if not settings.configured:
+        return None
+    return getattr(settings, "PLATFORM_MAX_FRAME_BYTES", None)
+
+
+def answer_oversized_frames(factory: WebSocketFactory, max_frame_bytes: int | None) -> None:
+    """Make ``factory``'s connections close with 1009 past ``max_frame_bytes`` instead of dropping TCP.
+
+    ``max_frame_bytes`` (None: daphne's flags) limits a frame and a whole message alike.
+    """
+    options: dict = {"failByDrop": False}
+    if max_frame_bytes is not None:
+        options["maxMessagePayloadSize"] = options["maxFramePayloadSize"] = max_frame_bytes
+    # setProtocolOptions resets allowNullOrigin to False unless it is given:
+    # daphne turns it on so that the application's Origin check answers a
+    # null or file:// origin (403), not autobahn (400).
+    factory.setProtocolOptions(allowNullOrigin=factory.allowNullOrigin, **options)
 
 
 class CloseCodesProtocol(WebSocketProtocol):

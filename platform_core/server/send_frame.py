@@ -20,8 +20,8 @@ from autobahn.websocket.protocol import WebSocketProtocol as AutobahnWebSocketPr
 from daphne.server import Server
 from daphne.ws_protocol import WebSocketProtocol
 
-from platform_core.extensions import SEND_FRAME
 from platform_core.server.internals import Attribute, Mentioned, require
+from streaming.transport import SEND_FRAME
 
 INTERNALS = (
     Attribute("daphne", Server, "create_application"),

@@ -16,8 +16,8 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from autobahn.websocket import xormasker
 from twisted.internet.testing import StringTransport
 
-from platform_core.extensions import SEND_FRAME
 from platform_core.server import assembly, coalescing, unmasking
+from streaming.transport import SEND_FRAME
 
 
 @pytest.mark.parametrize("size", [0, 1, 3, 4, 5, 60, 127, 128, 1000, 70_000])

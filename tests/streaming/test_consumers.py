@@ -17,7 +17,16 @@ from platform_core.asgi import application
 from streaming.models import APIKey
 from streaming.replies import output_rows
 
-from .helpers import IRIS_ROW, assert_still_serving, connected, expect_error, receive_all, sample_rows, settle
+from .helpers import (
+    IRIS_ROW,
+    assert_still_serving,
+    connected,
+    expect_error,
+    receive_all,
+    record_rows,
+    sample_rows,
+    settle,
+)
 
 DEMO_MODELS = ["iris", "breast-cancer", "diabetes", "digits"]
 
@@ -281,11 +290,77 @@ async def test_fifty_concurrent_connections_are_batched_together(service, api_ke
     assert ids == {f"{i}-{round_}" for i in range(50) for round_ in range(3)}
 
 
+# -- requests of a closed connection, requests in flight -------------------------------
+
+
+async def test_a_closed_connection_s_queued_requests_are_never_run(service, api_key, controlled, monkeypatch):
+    batcher = service.entry("test-controlled").batcher
+    seen = record_rows(monkeypatch, batcher)
+    raw = api_key()
+    controlled.release.clear()
+    async with connected(key=raw) as leaving:
+        await leaving.send_json_to({"id": "running", "model": "test-controlled", "inputs": [[1, 1]]})
+        await settle(lambda: seen == [[1, 1]])
+        await leaving.send_json_to({"id": "queued", "model": "test-controlled", "inputs": [[2, 2]]})
+        await leaving.send_json_to({"id": "queued-too", "model": "test-controlled", "inputs": [[3, 3], [3, 3]]})
+        await settle(lambda: batcher.queue_depth == 2)
+        assert batcher.queue_depth == 2
+    controlled.release.set()
+    async with connected(key=raw) as staying:
+        await staying.send_json_to({"id": "after", "model": "test-controlled", "inputs": [[4, 4]]})
+        reply = await staying.receive_json_from(timeout=5)
+    assert reply["id"] == "after" and reply["outputs"] == [{"value": 8.0}]
+    # The request already inside the model finished; the queued ones never reached it.
+    assert seen == [[1, 1], [4, 4]]
+
+
+def requests_in_flight():
+    """The in-flight count as a scrape of /metrics and the dashboard's statistics would show it."""
+    from prometheus_client import REGISTRY
+
+    from monitoring import livestats, metrics
+
+    metrics.refresh()
+    return REGISTRY.get_sample_value("platform_requests_in_flight"), livestats.aggregator.in_flight
+
+
+async def test_requests_in_flight_go_back_down_once_answered_failed_or_abandoned(service, api_key, controlled):
+    gauge, dashboard = before = requests_in_flight()
+    batcher = service.entry("test-controlled").batcher
+    raw = api_key()
+    async with connected(key=raw) as ws:
+        controlled.release.clear()
+        for i in range(3):
+            await ws.send_json_to({"id": i, "model": "test-controlled", "inputs": [[i, 1]]})
+        await settle(lambda: batcher.queue_depth == 2)
+        assert requests_in_flight() == (gauge + 3, dashboard + 3)
+        controlled.release.set()
+        assert set(await receive_all(ws, 3)) == {0, 1, 2}
+        assert requests_in_flight() == before
+
+        controlled.fail = True
+        await ws.send_json_to({"id": "fails", "model": "test-controlled", "inputs": [[1, 1]]})
+        await expect_error(ws, "internal", rid="fails")
+        controlled.fail = False
+        assert requests_in_flight() == before
+
+        controlled.release.clear()
+        for i in range(2):
+            await ws.send_json_to({"id": f"left-{i}", "model": "test-controlled", "inputs": [[i, 1]]})
+        await settle(lambda: batcher.queue_depth == 1)
+        assert requests_in_flight() == (gauge + 2, dashboard + 2)
+    # The client went away with two requests pending: they no longer count.
+    assert requests_in_flight() == before
+    controlled.release.set()
+    await settle(lambda: batcher.in_flight_rows == 0)
+    assert requests_in_flight() == before
+
+
 # -- the platform server's synchronous send ---------------------------------------------
 
 
 async def test_predictions_go_out_through_the_send_frame_extension_when_the_server_offers_it(service, api_key):
-    from platform_core.extensions import SEND_FRAME
+    from streaming.transport import SEND_FRAME
 
     frames: list[tuple[bytes, bool]] = []
 
@@ -316,7 +391,7 @@ async def test_predictions_go_out_through_the_send_frame_extension_when_the_serv
 async def test_a_served_prediction_reaches_the_log_as_its_frame_and_the_reply_sent(service, api_key):
     from monitoring import events
     from monitoring.predictionlog.rows import event_row, materialize, raw_row
-    from platform_core.extensions import SEND_FRAME
+    from streaming.transport import SEND_FRAME
 
     frames: list[bytes] = []
     seen = []
