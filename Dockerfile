@@ -62,9 +62,7 @@ if [ -n "${PROMETHEUS_MULTIPROC_DIR:-}" ]; then
     mkdir -p "$PROMETHEUS_MULTIPROC_DIR"
     find "$PROMETHEUS_MULTIPROC_DIR" -mindepth 1 -delete
 fi
-exec python -m platform_core.server -b 0.0.0.0 -p 8000 \
-    --websocket-max-message-size 4194304 \
-    platform_core.asgi:application
+exec python -m platform_core.server -b 0.0.0.0 -p 8000 platform_core.asgi:application
 EOF
 RUN chmod 0755 /usr/local/bin/platform-serve
 

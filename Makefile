@@ -29,8 +29,7 @@ run: setup
 	DJANGO_DEBUG=1 $(PY) manage.py load_demo_models
 	DJANGO_DEBUG=1 $(PY) manage.py bootstrap_demo --host $(HOST) --port $(PORT)
 	DJANGO_DEBUG=1 $(PY) manage.py collectstatic --no-input -v0
-	DJANGO_DEBUG=1 $(PY) -m platform_core.server -b $(HOST) -p $(PORT) \
-		--websocket-max-message-size 4194304 platform_core.asgi:application
+	DJANGO_DEBUG=1 $(PY) -m platform_core.server -b $(HOST) -p $(PORT) platform_core.asgi:application
 
 test: setup system-deps
 	$(PY) -m pytest

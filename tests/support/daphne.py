@@ -17,7 +17,6 @@ from tests.support.processes import ServiceUnavailable, stop_process, wait_until
 ASGI_APPLICATION = "platform_core.asgi:application"
 # Importing TensorFlow and warming up every demo model takes a while on a cold machine.
 DAPHNE_START_TIMEOUT_S = 120.0
-WEBSOCKET_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 
 @dataclass
@@ -75,7 +74,6 @@ class DaphneServer:
 def daphne_command(port: int, extra_args: Sequence[str] = ()) -> list[str]:
     return [
         sys.executable, "-m", "platform_core.server", "-b", "127.0.0.1", "-p", str(port),
-        "--websocket-max-message-size", str(WEBSOCKET_MAX_MESSAGE_BYTES),
         *extra_args, ASGI_APPLICATION,
     ]
 
