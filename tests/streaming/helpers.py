@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from contextlib import asynccontextmanager
 
 import numpy as np
@@ -76,3 +77,27 @@ def sample_rows(service, name, count):
     entry = service.entry(name)
     rng = np.random.default_rng(7)
     return rng.uniform(0, 10, size=(count, entry.schema.n_features)).round(3).tolist()
+
+
+def record_rows(monkeypatch, batcher):
+    """Every row ``batcher`` hands its model from now on, recorded as the model call starts."""
+    seen: list[list[float]] = []
+    call = batcher.call
+
+    def recording(batch):
+        seen.extend(batch.tolist())
+        return call(batch)
+
+    monkeypatch.setattr(batcher, "call", recording)
+    return seen
+
+
+def slow_down(monkeypatch, batcher, delay_s):
+    """Make every model call of ``batcher`` take at least ``delay_s`` longer."""
+    call = batcher.call
+
+    def slow(batch):
+        time.sleep(delay_s)
+        return call(batch)
+
+    monkeypatch.setattr(batcher, "call", slow)
