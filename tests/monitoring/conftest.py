@@ -77,23 +77,23 @@ def make_log(transactional_db, tmp_path: Path) -> Iterator[Callable[..., Predict
         log.stop(timeout_s=5)
 
 
+@contextlib.contextmanager
+def sqlite_held_exclusively(name: str, *, timeout_s: float = 30.0) -> Iterator[None]:
+    """Another connection holds the SQLite database ``name`` (a path or a ``file:`` URI) under ``BEGIN EXCLUSIVE``."""
+    holder = sqlite3.connect(name, uri=name.startswith("file:"), isolation_level=None, timeout=timeout_s,
+                             check_same_thread=False)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        yield
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+
 @pytest.fixture
 def lock_database(transactional_db) -> Callable[[], contextlib.AbstractContextManager[None]]:
     """``with lock_database():`` another connection holds the test database under ``BEGIN EXCLUSIVE``."""
-
-    @contextlib.contextmanager
-    def locked() -> Iterator[None]:
-        name = connection.settings_dict["NAME"]
-        holder = sqlite3.connect(name, uri=name.startswith("file:"), isolation_level=None,
-                                 check_same_thread=False)
-        holder.execute("BEGIN EXCLUSIVE")
-        try:
-            yield
-        finally:
-            holder.execute("ROLLBACK")
-            holder.close()
-
-    return locked
+    return lambda: sqlite_held_exclusively(connection.settings_dict["NAME"])
 
 
 @pytest.fixture

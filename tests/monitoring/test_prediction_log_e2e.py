@@ -25,6 +25,7 @@ import websockets
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from tests.monitoring.conftest import sqlite_held_exclusively
 from tests.support import services
 from tests.support.services import DaphneServer, manage
 
@@ -147,16 +148,9 @@ def wait_until(condition: Any, timeout_s: float, what: str) -> None:
 # -- taking the database away -------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def sqlite_locked(server: DaphneServer) -> Iterator[None]:
+def sqlite_locked(server: DaphneServer) -> contextlib.AbstractContextManager[None]:
     """Another process's connection holds the server's SQLite file under ``BEGIN EXCLUSIVE``."""
-    holder = sqlite3.connect(server.data_dir / "platform.sqlite3", isolation_level=None, timeout=30)
-    holder.execute("BEGIN EXCLUSIVE")
-    try:
-        yield
-    finally:
-        holder.execute("ROLLBACK")
-        holder.close()
+    return sqlite_held_exclusively(str(server.data_dir / "platform.sqlite3"))
 
 
 def _database_name(url: str) -> str:
