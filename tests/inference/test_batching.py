@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 
 from inference.batching import DynamicBatcher
 
-from .conftest import FakeModel, answers, rows_for
+from .conftest import FakeModel, answers, rows_for, wait_until_started
 
 # -- the size limit -------------------------------------------------------------------
 
@@ -201,3 +202,66 @@ async def test_results_report_how_long_the_request_queued_and_the_model_ran(make
     assert a.queue_ms < 50
     # The second request waited for the whole of the first call.
     assert 100 <= b.queue_ms < 400
+
+
+# -- when an overloaded client should retry ------------------------------------------------
+
+
+async def test_retry_after_counts_the_batches_queued_ahead(make_batcher):
+    def advice_for(queued: int) -> int:
+        batcher = make_batcher(max_batch_size=4)
+        for i in range(queued):  # the worker cannot run before this coroutine yields
+            batcher.submit(rows_for(i), timeout_s=10)
+        return batcher.retry_after_ms()
+
+    by_queue = {queued: advice_for(queued) for queued in (0, 1, 4, 5, 8, 9, 12)}
+    # Before any model call the batcher knows no batch time: each batch ahead counts the same.
+    one_batch = by_queue[0]
+    assert one_batch >= 1
+    assert by_queue == {0: one_batch, 1: one_batch, 4: one_batch, 5: 2 * one_batch, 8: 2 * one_batch,
+                        9: 3 * one_batch, 12: 3 * one_batch}
+
+
+async def test_retry_after_is_the_batches_ahead_times_the_smoothed_batch_time(make_batcher):
+    model = FakeModel(delay_s=0.02)
+    batcher = make_batcher(model, max_batch_size=4)
+    for i in range(20):  # one batch at a time: the batcher learns that a batch takes about 20 ms
+        await answers(batcher.submit(rows_for(i), timeout_s=10))
+    batch_ms = batcher.retry_after_ms()
+    assert 20 <= batch_ms <= 40
+
+    model.hold()
+    running = batcher.submit(rows_for(100), timeout_s=10)
+    await wait_until_started(model)
+    advice = {}
+    queued = []
+    for n in range(1, 13):
+        queued.append(batcher.submit(rows_for(100 + n), timeout_s=10))
+        advice[n] = batcher.retry_after_ms()
+    model.release()
+    await answers(running, *queued)
+
+    for n, retry_after_ms in advice.items():
+        batches_ahead = math.ceil(n / 4)
+        # batch_ms is the smoothed batch time rounded up: the advice lies within a millisecond a batch of it.
+        assert batches_ahead * (batch_ms - 1) < retry_after_ms <= batches_ahead * batch_ms, (n, advice)
+    assert advice[1] == advice[4] < advice[5] == advice[8] < advice[9] == advice[12]
+
+
+async def test_retry_after_follows_the_model_when_it_slows_down(make_batcher):
+    model = FakeModel()
+    batcher = make_batcher(model, max_batch_size=4)
+    for i in range(10):
+        await answers(batcher.submit(rows_for(i), timeout_s=10))
+    fast_ms = batcher.retry_after_ms()
+    model.delay_s = 0.05
+    slowing = []
+    for i in range(10):
+        await answers(batcher.submit(rows_for(i), timeout_s=10))
+        slowing.append(batcher.retry_after_ms())
+
+    assert fast_ms < 20
+    # Smoothed: one slow batch does not make the advice a full batch time at once; ten nearly do.
+    assert slowing[0] < 30
+    assert slowing == sorted(slowing)
+    assert 40 <= slowing[-1] <= 100

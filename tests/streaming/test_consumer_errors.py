@@ -7,7 +7,16 @@ import asyncio
 import msgpack
 import pytest
 
-from .helpers import IRIS_ROW, assert_still_serving, connected, expect_error, receive_all, sample_rows
+from .helpers import (
+    IRIS_ROW,
+    assert_still_serving,
+    connected,
+    expect_error,
+    receive_all,
+    sample_rows,
+    settle,
+    slow_down,
+)
 
 # -- errors: every code, the connection stays open ------------------------------------
 
@@ -138,6 +147,63 @@ async def test_connection_past_max_in_flight_is_overloaded(service, api_key, con
         replies = await receive_all(ws, 2)
         assert set(replies) == {0, 1}
         await assert_still_serving(ws)
+
+
+async def teach_batch_time(ws, batcher, monkeypatch, delay_s):
+    """Make the controlled model take ``delay_s`` a call and let its batcher see ten such calls."""
+    slow_down(monkeypatch, batcher, delay_s)
+    for i in range(10):
+        await ws.send_json_to({"id": f"warm-{i}", "model": "test-controlled", "inputs": [[i, 0]]})
+        assert (await ws.receive_json_from(timeout=5))["type"] == "prediction"
+
+
+async def overloaded_when_queue_full(ws, batcher, controlled):
+    """Hold the model, fill its queue (capacity 4), and return one more request's overloaded reply."""
+    controlled.release.clear()
+    for i in range(5):
+        await ws.send_json_to({"id": i, "model": "test-controlled", "inputs": [[i, 1]]})
+        if i == 0:
+            await settle(lambda: batcher.in_flight_rows == 1)
+    await ws.send_json_to({"id": "refused", "model": "test-controlled", "inputs": [[9, 9]]})
+    reply = await expect_error(ws, "overloaded", rid="refused")
+    advice = batcher.retry_after_ms()
+    controlled.release.set()
+    await receive_all(ws, 5)
+    return reply["error"]["retry_after_ms"], advice
+
+
+async def test_overloaded_retry_after_follows_the_model_s_queue_and_pace(service, api_key, controlled, monkeypatch):
+    batcher = service.entry("test-controlled").batcher
+    async with connected(key=api_key()) as ws:
+        await teach_batch_time(ws, batcher, monkeypatch, 0)
+        fast, fast_advice = await overloaded_when_queue_full(ws, batcher, controlled)
+        await teach_batch_time(ws, batcher, monkeypatch, 0.04)
+        slow, slow_advice = await overloaded_when_queue_full(ws, batcher, controlled)
+    assert (fast, slow) == (fast_advice, slow_advice)
+    # The four queued requests are one batch (max_batch_size 8): the advice is about one model call.
+    assert fast < 20
+    assert 30 <= slow <= 200
+
+
+@pytest.mark.parametrize("path", ["/ws/v1/predict/", "/ws/v1/predict/test-controlled/"])
+async def test_past_max_in_flight_retry_after_is_the_model_queue_s(service, api_key, controlled, monkeypatch,
+                                                                  settings, path):
+    settings.PLATFORM_MAX_IN_FLIGHT = 2
+    batcher = service.entry("test-controlled").batcher
+    async with connected(path, key=api_key()) as ws:
+        await teach_batch_time(ws, batcher, monkeypatch, 0.04)
+        controlled.release.clear()
+        for i in range(3):
+            frame = {"id": i, "inputs": [[i, 0]]}
+            if path == "/ws/v1/predict/":
+                frame["model"] = "test-controlled"
+            await ws.send_json_to(frame)
+        reply = await expect_error(ws, "overloaded", rid=2)
+        advice = batcher.retry_after_ms()
+        controlled.release.set()
+        assert set(await receive_all(ws, 2)) == {0, 1}
+    assert reply["error"]["retry_after_ms"] == advice
+    assert 30 <= advice <= 200
 
 
 async def test_rate_limited_key_gets_retry_after(service, api_key):
