@@ -7,6 +7,7 @@ import time
 from contextlib import asynccontextmanager
 
 import numpy as np
+import pytest
 from channels.testing import WebsocketCommunicator
 
 from platform_core.asgi import application
@@ -73,6 +74,16 @@ def wait_closed(communicator, timeout=5):
     return communicator.receive_output(timeout=timeout)
 
 
+def dataset_rows(name, count):
+    """``count`` rows spread over the data set the demo model ``name`` learned from (shipped with scikit-learn)."""
+    from sklearn import datasets
+
+    loaders = {"iris": datasets.load_iris, "breast-cancer": datasets.load_breast_cancer,
+               "diabetes": datasets.load_diabetes, "digits": datasets.load_digits}
+    data = loaders[name]().data
+    return data[np.linspace(0, len(data) - 1, count).astype(int)].tolist()
+
+
 def sample_rows(service, name, count):
     entry = service.entry(name)
     rng = np.random.default_rng(7)
@@ -101,3 +112,44 @@ def slow_down(monkeypatch, batcher, delay_s):
         return call(batch)
 
     monkeypatch.setattr(batcher, "call", slow)
+
+
+def framework_predictions(path, framework, classes, rows):
+    """What the model's own framework predicts for ``rows``, from its artifact at ``path``.
+
+    Returns ``(outputs, labels, classes)``: a classifier's probabilities (one
+    column per class of ``classes``) and labels, a regressor's values with no
+    labels. scikit-learn estimators are loaded from their skops file, Keras
+    models with ``keras.saving.load_model`` in safe mode: none of the
+    platform's runtimes or reply building takes part.
+    """
+    x = np.asarray(rows, dtype=np.float64)
+    if framework == "keras":
+        import keras
+
+        model = keras.saving.load_model(path, compile=False, safe_mode=True)
+        probabilities = np.asarray(model(x.astype(np.float32)))
+        return probabilities, [classes[i] for i in probabilities.argmax(axis=1)], classes
+    from inference.artifacts import load_sklearn_estimator
+
+    estimator = load_sklearn_estimator(path)
+    if hasattr(estimator, "predict_proba"):
+        labels = [str(label) for label in estimator.predict(x)]
+        return estimator.predict_proba(x), labels, [str(c) for c in estimator.classes_]
+    return estimator.predict(x), None, None
+
+
+def assert_outputs_match(outputs, expected):
+    """A reply's output rows against ``framework_predictions``: labels exactly, numbers to float32 precision."""
+    values, labels, classes = expected
+    assert len(outputs) == len(values), (outputs, values)
+    if labels is None:
+        got = [row["value"] for row in outputs]
+        assert got == pytest.approx(values.tolist(), rel=1e-6), (got, values)
+        return
+    got = [row["label"] for row in outputs]
+    assert got == labels, (got, labels)
+    for row, probabilities in zip(outputs, values.tolist(), strict=True):
+        assert set(row["probabilities"]) == set(classes), (row, classes)
+        got = [row["probabilities"][c] for c in classes]
+        assert got == pytest.approx(probabilities, rel=1e-5, abs=1e-6), (got, probabilities)

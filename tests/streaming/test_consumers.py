@@ -7,7 +7,6 @@ import json
 from datetime import timedelta
 
 import msgpack
-import numpy as np
 import pytest
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
@@ -15,16 +14,17 @@ from django.utils import timezone
 
 from platform_core.asgi import application
 from streaming.models import APIKey
-from streaming.replies import output_rows
 
 from .helpers import (
     IRIS_ROW,
+    assert_outputs_match,
     assert_still_serving,
     connected,
+    dataset_rows,
     expect_error,
+    framework_predictions,
     receive_all,
     record_rows,
-    sample_rows,
     settle,
 )
 
@@ -176,45 +176,27 @@ async def test_authentication_can_be_turned_off_explicitly(service, settings):
 
 @pytest.mark.parametrize("name", DEMO_MODELS)
 async def test_every_demo_model_answers_with_its_own_prediction(service, api_key, name):
-    rows = sample_rows(service, name, 5)
-    entry = service.entry(name)
-    runtime_outputs = entry.batcher.call(np.asarray(rows, dtype=np.float64))
-    expected = output_rows(entry, runtime_outputs)
+    from inference.artifacts import verify_checksum
+    from inference.models import ModelVersion
+
+    version = await database_sync_to_async(ModelVersion.objects.select_related("model").get)(model__name=name)
+    rows = dataset_rows(name, 5)
     async with connected(key=api_key()) as ws:
         await ws.send_json_to({"id": f"{name}-1", "model": name, "inputs": rows})
         reply = await ws.receive_json_from(timeout=10)
     assert reply["type"] == "prediction", reply
     assert reply["id"] == f"{name}-1"
     assert reply["model"] == name and reply["version"] == 1
-    assert len(reply["outputs"]) == 5
-    for got, want in zip(reply["outputs"], expected, strict=True):
-        if "label" in want:
-            assert got["label"] == want["label"]
-            assert got["probabilities"] == pytest.approx(want["probabilities"], rel=1e-6, abs=1e-9)
-            assert sum(got["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
-        else:
-            assert got["value"] == pytest.approx(want["value"], rel=1e-9)
+    expected = await asyncio.to_thread(framework_predictions, verify_checksum(version), version.framework,
+                                       version.metadata.get("classes"), rows)
+    assert_outputs_match(reply["outputs"], expected)
+    if expected[1] is not None:
+        for row in reply["outputs"]:
+            assert sum(row["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
     assert reply["batch_size"] >= 5
     timing = reply["timing"]
     assert timing["total_ms"] >= timing["queue_ms"] >= 0
     assert timing["total_ms"] >= timing["inference_ms"] > 0
-
-
-async def test_sklearn_reply_equals_estimator_predict_proba(service, api_key):
-    from inference.artifacts import load_sklearn_estimator, verify_checksum
-    from inference.models import ModelVersion
-
-    version = await database_sync_to_async(ModelVersion.objects.select_related("model").get)(model__name="iris")
-    estimator = load_sklearn_estimator(verify_checksum(version))
-    rows = sample_rows(service, "iris", 3)
-    async with connected("/ws/v1/predict/iris/", key=api_key()) as ws:
-        await ws.send_json_to({"id": 1, "inputs": rows})
-        reply = await ws.receive_json_from()
-    proba = estimator.predict_proba(np.asarray(rows))
-    labels = estimator.predict(np.asarray(rows))
-    for got, p, label in zip(reply["outputs"], proba, labels, strict=True):
-        assert got["label"] == label
-        assert [got["probabilities"][c] for c in estimator.classes_] == pytest.approx(p.tolist())
 
 
 async def test_named_feature_rows_in_any_order(service, api_key):

@@ -14,6 +14,8 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.support.services import manage
 
+from .helpers import assert_outputs_match, framework_predictions
+
 IRIS_ROW = [5.1, 3.5, 1.4, 0.2]
 
 
@@ -52,24 +54,15 @@ async def request(ws, frame):
     return json.loads(await ws.recv())
 
 
-def local_model_outputs(server, demo_data, name, rows):
-    """What the model itself predicts for ``rows``, loaded from the server's own model store."""
-    import django.conf
+def framework_outputs(server, demo_data, name, rows):
+    """What the model's own framework predicts for ``rows``, from the artifact in the server's model store."""
     from django.core import serializers
-
-    from inference.artifacts import load_runtime
 
     objects = [d.object for d in serializers.deserialize("json", demo_data.registry_fixture.read_text())]
     mlmodel = next(o for o in objects if type(o).__name__ == "MLModel" and o.name == name)
     version = next(o for o in objects if type(o).__name__ == "ModelVersion" and o.model_id == mlmodel.pk)
-    version.model = mlmodel
-    store = django.conf.settings.MODEL_STORE
-    django.conf.settings.MODEL_STORE = server.data_dir / "models"
-    try:
-        runtime = load_runtime(version, max_batch_size=8)
-    finally:
-        django.conf.settings.MODEL_STORE = store
-    return runtime.predict(np.asarray(rows, dtype=np.float64)), runtime.classes
+    path = server.data_dir / "models" / version.artifact
+    return framework_predictions(path, version.framework, version.metadata.get("classes"), rows)
 
 
 @pytest.mark.parametrize("name", ["iris", "breast-cancer", "diabetes", "digits"])
@@ -81,13 +74,8 @@ async def test_every_demo_model_answers_like_the_model_itself(server, keys, demo
         rows = np.random.default_rng(3).uniform(0, 5, size=(4, n)).round(3).tolist()
         reply = await request(ws, {"id": name, "model": name, "inputs": rows})
     assert reply["type"] == "prediction" and reply["id"] == name, reply
-    expected, classes = await asyncio.to_thread(local_model_outputs, server, demo_data, name, rows)
-    if classes:
-        for got, probs in zip(reply["outputs"], expected, strict=True):
-            assert got["label"] == classes[int(np.argmax(probs))]
-            assert [got["probabilities"][c] for c in classes] == pytest.approx(probs.tolist(), rel=1e-5, abs=1e-7)
-    else:
-        assert [o["value"] for o in reply["outputs"]] == pytest.approx(expected.tolist(), rel=1e-9)
+    expected = await asyncio.to_thread(framework_outputs, server, demo_data, name, rows)
+    assert_outputs_match(reply["outputs"], expected)
 
 
 async def test_fifty_concurrent_clients_share_batches(server, keys):
