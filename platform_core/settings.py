@@ -328,6 +328,12 @@ PLATFORM_LOG_DB_TIMEOUT_S = float(os.environ.get("PLATFORM_LOG_DB_TIMEOUT_S", "5
 # Append-only files of records the database could not take yet; replayed into
 # the database when it answers again, also by the next process to start.
 PLATFORM_LOG_SPILL_DIR = Path(os.environ.get("PLATFORM_LOG_SPILL_DIR", DATA_DIR / "spill")).resolve()
+# The journal: every record written to disk before its reply leaves, so that a
+# killed server process loses no answered request; recovered at the next start.
+# fsync every PLATFORM_LOG_JOURNAL_FSYNC_MS bounds what a machine crash can lose.
+PLATFORM_LOG_JOURNAL = env_bool("PLATFORM_LOG_JOURNAL", True)
+PLATFORM_LOG_JOURNAL_DIR = Path(os.environ.get("PLATFORM_LOG_JOURNAL_DIR", DATA_DIR / "journal")).resolve()
+PLATFORM_LOG_JOURNAL_FSYNC_MS = env_int("PLATFORM_LOG_JOURNAL_FSYNC_MS", 50, minimum=1)
 # `manage.py prune_predictions` deletes records older than this many days;
 # 0 keeps them forever.
 PLATFORM_LOG_RETENTION_DAYS = env_int("PLATFORM_LOG_RETENTION_DAYS", 90, minimum=0)

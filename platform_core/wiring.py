@@ -14,7 +14,7 @@ from django.conf import settings
 from inference import service as inference_service
 from inference.served import ModelState
 from monitoring import events, livestats, metrics, predictionlog
-from platform_core.lifecycle import on_shutdown
+from platform_core.lifecycle import before_send, on_shutdown
 from streaming.consumers import drain_connections
 
 DRAIN_ORDER, PREDICTION_LOG_ORDER, METRICS_ORDER = 10, 50, 80
@@ -37,4 +37,6 @@ def connect() -> None:
     on_shutdown(metrics.shutdown, order=METRICS_ORDER)
     predictionlog.install()
     on_shutdown(predictionlog.shutdown, order=PREDICTION_LOG_ORDER)
+    # No reply leaves before its record is in the journal.
+    before_send(predictionlog.write_journal)
     livestats.install(serving_state)

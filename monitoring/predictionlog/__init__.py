@@ -18,6 +18,8 @@ A module per job:
 - ``inserter``: multi-row ``INSERT`` statements, and ``RowInserter``, what every inserter offers;
 - ``writer_process``: the child process that runs the inserts off the server's interpreter;
 - ``spill``: the spill files and the way through them;
+- ``journal``: each record on disk before its reply leaves, and what a dead process's journal held;
+- ``losses``: counting and logging what could be kept nowhere;
 - ``rows``: the row format (:class:`Row`, ``COLUMNS``) and spill-file lines;
 - ``columns``: the widths of the text columns, which ``monitoring.models`` declares too;
 - ``exceptions``: the errors of the spill files.
@@ -46,7 +48,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "COLUMNS", "PredictionLog", "Row", "SpillFileError", "SpillReplayError", "flush", "get_log", "install",
-    "shutdown",
+    "shutdown", "write_journal",
 ]
 
 _log: PredictionLog | None = None
@@ -80,6 +82,13 @@ def get_log() -> PredictionLog:
 def flush(timeout_s: float = 10.0) -> bool:
     """Write every record received so far to the database; False if that did not happen within ``timeout_s``."""
     return get_log().flush(timeout_s)
+
+
+def write_journal() -> None:
+    """Write the records the journal holds for the next write; the server calls it before it sends replies."""
+    log = _log
+    if log is not None and log.journal is not None:
+        log.journal.write_pending()
 
 
 async def shutdown() -> None:

@@ -26,8 +26,10 @@ from django.core.exceptions import ImproperlyConfigured
 
 from .. import metrics
 from ..events import PredictionEvent
-from .database import LOG_EVERY_S, WRITERS, LogDatabase
+from .database import WRITERS, LogDatabase
 from .exceptions import SpillFileError
+from .journal import Journal
+from .losses import Losses
 from .rows import Row, event_row, raw_row
 from .spill import Replay, SpillFiles
 
@@ -67,6 +69,8 @@ class PredictionLog:
         spill_dir: Path | str,
         using: str = "default",
         writer: str = "thread",
+        journal_dir: Path | str | None = None,
+        journal_fsync_ms: float = 50.0,
     ) -> None:
         if buffer_records < 10:
             raise ImproperlyConfigured(
@@ -125,16 +129,18 @@ class PredictionLog:
         self._flush_seen = 0
 
         self._replay = Replay(self.spill)
+        self._losses = Losses()
         # The writer thread's view of the database.
         self._db = LogDatabase(
-            using=using, writer=writer, db_timeout_s=db_timeout_s, replay=self._replay, lose=self._lose,
+            using=using, writer=writer, db_timeout_s=db_timeout_s, replay=self._replay, lose=self._losses.lose,
             went_down=self._spill_wake.set, backlog=self._in_memory, spill_after=self._high_water,
         )
         self._spill_retry_at = 0.0
-        self._lost_lock = threading.Lock()
-        self._lost_reported = 0
-        self._lost_logged_at = 0.0
-        self._lost_unlogged = 0
+        #: Each record on disk before its reply leaves (None: off).
+        self.journal = (
+            Journal(journal_dir, fsync_interval_ms=journal_fsync_ms, id_prefix=self._id_prefix)
+            if journal_dir is not None else None
+        )
 
     @classmethod
     def from_settings(cls) -> PredictionLog:
@@ -145,6 +151,8 @@ class PredictionLog:
             db_timeout_s=settings.PLATFORM_LOG_DB_TIMEOUT_S,
             spill_dir=settings.PLATFORM_LOG_SPILL_DIR,
             writer=settings.PLATFORM_LOG_WRITER,
+            journal_dir=settings.PLATFORM_LOG_JOURNAL_DIR if settings.PLATFORM_LOG_JOURNAL else None,
+            journal_fsync_ms=settings.PLATFORM_LOG_JOURNAL_FSYNC_MS,
         )
 
     # -- the event loop's side ------------------------------------------------------
@@ -169,7 +177,8 @@ class PredictionLog:
             self._dropped += 1
             return
         try:
-            event_id = f"{self._id_prefix}{next(self._seq):016x}"
+            seq = next(self._seq)
+            event_id = f"{self._id_prefix}{seq:016x}"
             # A served prediction keeps its frame and reply as they are, for the writer to parse.
             if event.reply is not None and event.frame is not None:
                 row = raw_row(event_id, event)
@@ -178,9 +187,11 @@ class PredictionLog:
         except Exception:
             logger.exception("The prediction event of request %r could not be turned into a record",
                              getattr(event, "request_id", None))
-            self._lose(1, "an event could not be turned into a record")
+            self._losses.lose(1, "an event could not be turned into a record")
             return
         buffer.append(row)
+        if self.journal is not None:
+            self.journal.append(row, seq)
         if size >= self._wake_at:
             if not self._wake.is_set():
                 self._wake.set()
@@ -258,6 +269,8 @@ class PredictionLog:
 
     def _run_writer(self) -> None:
         try:
+            if self.journal is not None and self.journal.recover(self.spill.append):
+                self._replay.scan_soon()
             self._write_loop()
         except Exception:
             logger.exception("The prediction-log writer stopped on an unexpected error; it restarts on the next event")
@@ -339,9 +352,12 @@ class PredictionLog:
         """Insert ``rows``, retrying with backoff; False if the log is stopping and its deadline passed first."""
         self._held = len(rows)
         try:
-            return self._db.write(rows, self._deadline, self._stop_requested)
+            written = self._db.write(rows, self._deadline, self._stop_requested)
         finally:
             self._held = 0
+        if written and self.journal is not None:
+            self.journal.settle(rows)
+        return written
 
     def _deadline(self) -> float | None:
         return self._stop_deadline if self._stopping else None
@@ -386,13 +402,15 @@ class PredictionLog:
         except SpillFileError as exc:
             logger.error("%s", exc)
             return False
+        if self.journal is not None:
+            self.journal.settle(rows)
         metrics.LOG_RECORDS_SPILLED.inc(len(rows))
         self._replay.scan_soon()
         return True
 
     def _spill_or_lose(self, rows: list[Row]) -> None:
         if rows and not self._spill(rows):
-            self._lose(len(rows), "they could be written neither to the database nor to a spill file")
+            self._losses.lose(len(rows), "they could be written neither to the database nor to a spill file")
 
     def _finish(self) -> None:
         """Stopping: write what is in memory while the deadline allows, spill the rest."""
@@ -403,27 +421,15 @@ class PredictionLog:
                 continue
             self._spill_or_lose(rows)
         self.spill.close_current()
+        if self.journal is not None:
+            self.journal.close()
         self._publish()
 
     # -- what cannot be kept, and the gauges -----------------------------------------
 
-    def _lose(self, count: int, reason: str) -> None:
-        metrics.LOG_RECORDS_LOST.inc(count)
-        with self._lost_lock:
-            self._lost_unlogged += count
-            now = time.monotonic()
-            if now < self._lost_logged_at:
-                return
-            count, self._lost_unlogged = self._lost_unlogged, 0
-            self._lost_logged_at = now + LOG_EVERY_S
-        logger.error("%d prediction records are lost: %s.", count, reason)
-
     def _publish(self) -> None:
-        with self._lost_lock:
-            dropped = self._dropped - self._lost_reported
-            self._lost_reported += dropped
-        if dropped > 0:
-            self._lose(dropped, f"the buffer held {self._drop_at} records and the disk did not keep up")
+        self._losses.report_dropped(self._dropped,
+                                    f"the buffer held {self._drop_at} records and the disk did not keep up")
         metrics.LOG_BUFFER_RECORDS.set(self._in_memory() + self._held)
         metrics.LOG_SPILL_RECORDS.set(self.spill.pending)
 

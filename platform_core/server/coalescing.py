@@ -28,6 +28,7 @@ from autobahn.websocket.protocol import WebSocketServerProtocol as AutobahnWebSo
 from daphne.server import Server
 from twisted.internet import abstract, tcp
 
+from platform_core.lifecycle import run_send_hooks, send_hooks
 from platform_core.server.internals import Attribute, Listed, Mentioned, Parameter, require
 from platform_core.server.send_frame import SendFrameProtocol
 
@@ -109,6 +110,8 @@ class WriteFlusher:
 
     def _flush(self) -> None:
         dirty, self._dirty = self._dirty, []
+        if send_hooks:
+            run_send_hooks()  # what must be on disk before the replies leave (the prediction log's journal)
         for writes in dirty:
             try:
                 writes.flush()
@@ -178,6 +181,8 @@ class CoalescedWritesProtocol(SendFrameProtocol):
         writes = self._writes
         if writes is None or sync or chopsize or self.send_queue:
             if writes is not None:
+                if send_hooks:
+                    run_send_hooks()
                 writes.flush()  # what was written before goes first
             super().sendData(data, sync, chopsize)
             return
