@@ -31,6 +31,10 @@ if settings.PLATFORM_PRELOAD_MODELS:
 
     get_service().load_all()
 
+from platform_core.wiring import start_serving  # noqa: E402
+
+start_serving()
+
 # Everything loaded so far (Django, TensorFlow, the models) lives as long as
 # the process. Moving it out of the collector's reach keeps full collections,
 # which the prediction log's short-lived records set off, from scanning a heap

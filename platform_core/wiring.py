@@ -15,7 +15,7 @@ from inference import service as inference_service
 from inference.served import ModelState
 from monitoring import events, livestats, metrics, predictionlog
 from platform_core.lifecycle import before_send, on_shutdown
-from streaming.consumers import drain_connections
+from streaming.draining import drain_connections
 
 DRAIN_ORDER, PREDICTION_LOG_ORDER, METRICS_ORDER = 10, 50, 80
 
@@ -40,3 +40,13 @@ def connect() -> None:
     # No reply leaves before its record is in the journal.
     before_send(predictionlog.write_journal)
     livestats.install(serving_state)
+
+
+def start_serving() -> None:
+    """Called once the server process has loaded its models, before it accepts connections.
+
+    The prediction log starts at once, so that what a previous process left
+    (its journal, spill files) reaches the database without waiting for traffic.
+    """
+    if settings.PLATFORM_MONITORING and settings.PLATFORM_LOG_ENABLED:
+        predictionlog.get_log().start()

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import weakref
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -26,10 +25,10 @@ from inference.outcomes import Outcome
 from inference.served import ServedVersion
 from inference.service import InferenceService, get_service
 from monitoring import events
-from monitoring.events import PredictionEvent
 
-from . import protocol, replies
+from . import protocol, replies, reports
 from .auth import ANONYMOUS, Client, authenticate, bearer_token, rate_limits
+from .draining import live_consumers
 from .keywatch import key_watch
 from .protocol import ProtocolError
 from .transport import DirectReadLoop, frame_sender
@@ -47,13 +46,13 @@ CLOSE_NO_MODEL = 4404
 FLOOD_FACTOR = 10
 FLOOD_MINIMUM = 100
 
-# At shutdown, a connection with nothing in flight that received no frame
-# for this long is considered drained.
-DRAIN_QUIET_S = 0.05
+# How long a closing connection waits for the client's half of the closing handshake.
 CLOSE_HANDSHAKE_S = 2.0
-
-#: Open prediction connections of this process, for a graceful shutdown.
-live_consumers: weakref.WeakSet[PredictConsumer] = weakref.WeakSet()
+# What a frame that arrives while the server shuts down is told: come back in
+# this long, on a new connection (to another server, or this one restarted).
+SHUTDOWN_RETRY_AFTER_MS = 1000
+# How often a draining connection looks whether the frames received before the drain were read.
+DRAIN_POLL_S = 0.005
 
 
 @dataclass(slots=True)
@@ -87,9 +86,15 @@ class PredictConsumer(DirectReadLoop, AsyncWebsocketConsumer):
         self._send_frame = frame_sender(self.scope)
         self._frames_seen = 0
         self._closed = asyncio.Event()
+        #: The close code once this side decided to close: replies after it cannot be delivered.
+        self._closing: int | None = None
+        #: At shutdown: frames up to ``_serve_through`` are served, later ones refused.
+        self.draining = False
+        self._serve_through = 0
         self._auth_timer: asyncio.TimerHandle | None = None
         self._flood_window = 0
         self._flood_count = 0
+        self._flooded = False
         self.max_in_flight = settings.PLATFORM_MAX_IN_FLIGHT
         self.max_rows = settings.PLATFORM_MAX_ROWS
         self.max_frame_bytes = settings.PLATFORM_MAX_FRAME_BYTES
@@ -141,6 +146,25 @@ class PredictConsumer(DirectReadLoop, AsyncWebsocketConsumer):
     async def _key_revoked(self) -> None:
         """Called by the key watch when this connection's key was revoked or expired."""
         await self.close(CLOSE_UNAUTHORIZED)
+
+    async def close(self, code: int | None = None, reason: str | None = None) -> None:
+        """Close from this side; a reply that would follow the close frame is reported not delivered."""
+        if self._closing is None:
+            self._closing = code or 1000
+        await super().close(code, reason)
+
+    def deliverable(self) -> bool:
+        """Whether a reply sent now can still reach the client."""
+        return self._closing is None and not self._closed.is_set()
+
+    async def _close_when_answered(self, code: int, timeout_s: float) -> None:
+        """Answer every request accepted so far (within ``timeout_s``), then close with ``code``."""
+        deadline = time.monotonic() + timeout_s
+        while self.in_flight and (left := deadline - time.monotonic()) > 0:
+            await asyncio.wait(list(self.in_flight), timeout=left)
+        if self.in_flight:
+            logger.warning("Closing a connection (%d) with %d requests still in flight", code, len(self.in_flight))
+        await self.close(code)
 
     def _may_use(self, client: Client, model: str) -> bool:
         return self.service.has_model(model) and (client.models is None or model in client.models)
@@ -212,8 +236,20 @@ class PredictConsumer(DirectReadLoop, AsyncWebsocketConsumer):
             else:
                 raise ProtocolError(Outcome.INVALID_REQUEST, "Already authenticated.", rid)
         except ProtocolError as exc:
+            await self._refuse(body, exc, binary, received, received_wall)
+            if self._flooded:
+                # Past its rate limit many times over: answer what was accepted, then 1008.
+                await self._close_when_answered(CLOSE_POLICY, self._request_timeout_s())
+
+    async def _refuse(self, body: dict[str, Any] | None, exc: ProtocolError, binary: bool, received: float,
+                      received_wall: float) -> None:
+        """Send a refused frame its error reply, and report it with what the client got."""
+        delivered = self.deliverable()
+        if delivered:
             await self._send_message(protocol.error(exc.code, exc.message, exc.request_id, **exc.extra), binary)
-            self._report_error(body, exc, received, received_wall)
+        client = self.client
+        events.prediction(reports.refused(body, exc, self.default_model, client.name if client else None,
+                                          self.service.labels, received, received_wall, delivered=delivered))
 
     async def _auth(self, body: dict[str, Any]) -> None:
         client = await authenticate(body.get("token"))
@@ -229,9 +265,14 @@ class PredictConsumer(DirectReadLoop, AsyncWebsocketConsumer):
         client = self.client
         if client is None:
             raise ProtocolError(Outcome.INVALID_REQUEST, "Authenticate first with an auth message.", rid)
+        if self._closing is not None or (self.draining and self._frames_seen > self._serve_through):
+            raise ProtocolError(
+                Outcome.OVERLOADED, "The server is shutting down; send this request again on a new connection.",
+                rid, retry_after_ms=SHUTDOWN_RETRY_AFTER_MS,
+            )
         wait_ms = rate_limits.take(client)
         if wait_ms:
-            await self._flooding(client)
+            self._flooded = self._flooding(client)
             raise ProtocolError(
                 Outcome.RATE_LIMITED,
                 f"This key may send {client.rate_limit_per_s:g} requests per second.",
@@ -270,7 +311,8 @@ class PredictConsumer(DirectReadLoop, AsyncWebsocketConsumer):
             return entry.batcher.retry_after_ms()
         return 10
 
-    async def _flooding(self, client: Client) -> None:
+    def _flooding(self, client: Client) -> bool:
+        """Count a frame past the key's rate; True once the connection is to be closed for flooding."""
         window = int(time.monotonic())
         if window != self._flood_window:
             self._flood_window, self._flood_count = window, 0
@@ -279,13 +321,21 @@ class PredictConsumer(DirectReadLoop, AsyncWebsocketConsumer):
         if self._flood_count > limit:
             logger.warning("Closing a connection of key %s: %d frames in a second past its rate limit",
                            client.name, self._flood_count)
-            await self.close(CLOSE_POLICY)
+            return True
+        return False
+
+    @staticmethod
+    def _request_timeout_s() -> float:
+        # Requests already accepted end within their deadline: answered, or `timeout`.
+        return settings.PLATFORM_REQUEST_TIMEOUT_MS / 1000.0 + 1.0
 
     def _answered(self, request: _Request, future: asyncio.Future[Any]) -> None:
-        """Done callback of a request's future: send its reply, then report it."""
+        """Done callback of a request's future: send its reply, then report what the client got."""
         self.in_flight.discard(future)
         events.in_flight_change(-1)
-        if future.cancelled():  # the client went away
+        if future.cancelled():  # the client went away before its batch ran: dropped, not run
+            self._emit(request, None, Outcome.NOT_DELIVERED, error=reports.LEFT_BEFORE_RUN,
+                       total_ms=(time.perf_counter() - request.received) * 1000.0)
             return
         message, outcome, outputs, timings = self._outcome(request, future)
         send_frame = self._send_frame
@@ -294,22 +344,38 @@ class PredictConsumer(DirectReadLoop, AsyncWebsocketConsumer):
             self.in_flight.add(task)
             task.add_done_callback(self.in_flight.discard)
             return
-        payload = protocol.encode_bytes(message, request.binary)
-        try:
-            send_frame(payload, request.binary)
-        except Exception:
-            logger.exception("Could not send the reply to request %r", request.rid)
-        # For a prediction the log reads inputs and outputs back from the frame and the reply, off the loop.
-        served = outcome == Outcome.OK
-        self._emit(request.entry, request.rid, request.n_rows, request.inputs, outputs, outcome,
-                   request.received_wall, frame=request.frame if served else None,
-                   reply=payload if served else None, **timings)
+        delivered = False
+        if self.deliverable():
+            payload = protocol.encode_bytes(message, request.binary)
+            try:
+                delivered = send_frame(payload, request.binary)
+            except Exception:
+                logger.exception("Could not send the reply to request %r", request.rid)
+        if not delivered:
+            self._emit_undelivered(request, outcome, outputs, timings)
+        elif outcome == Outcome.OK:
+            # The log reads inputs and outputs back from the frame and the reply, off the loop.
+            self._emit(request, outputs, outcome, frame=request.frame, reply=payload, **timings)
+        else:
+            self._emit(request, outputs, outcome, **timings)
 
     async def _send_and_emit(self, request: _Request, message: dict[str, Any], outcome: str, outputs: Any,
                              timings: dict[str, Any]) -> None:
-        await self._send_message(message, request.binary)
-        self._emit(request.entry, request.rid, request.n_rows, request.inputs, outputs, outcome,
-                   request.received_wall, **timings)
+        """The reply through ASGI ``send``, under a server without ``platform.send_frame``."""
+        delivered = self.deliverable()
+        try:
+            if delivered:
+                await self._send_message(message, request.binary)
+        except asyncio.CancelledError:
+            self._emit_undelivered(request, outcome, outputs, timings)
+            raise
+        except Exception:
+            logger.exception("Could not send the reply to request %r", request.rid)
+            delivered = False
+        if delivered:
+            self._emit(request, outputs, outcome, **timings)
+        else:
+            self._emit_undelivered(request, outcome, outputs, timings)
 
     def _outcome(self, request: _Request, future: asyncio.Future[Any]) -> tuple[dict[str, Any], str, Any, dict]:
         """The reply to a request whose batch has run, its outcome, outputs and timings for the log."""
@@ -337,74 +403,41 @@ class PredictConsumer(DirectReadLoop, AsyncWebsocketConsumer):
         text, data = protocol.encode(message, binary)
         await self.send(text_data=text, bytes_data=data)
 
-    def _emit(self, entry: ServedVersion, rid: Any, n_rows: int, inputs: Any, outputs: Any, outcome: str,
-              received_wall: float, **fields: Any) -> None:
-        """Report an answered request; ``fields``: its timings, and for a prediction its frame and reply."""
+    def _emit(self, request: _Request, outputs: Any, outcome: str, **fields: Any) -> None:
+        """Report an accepted request; ``fields``: timings, error, and for a prediction its frame and reply."""
         client = self.client
-        events.prediction(
-            PredictionEvent(
-                received_at=received_wall,
-                model=entry.name,
-                version=entry.version,
-                api_key=client.name if client else None,
-                request_id=rid,
-                rows=n_rows,
-                inputs=inputs,
-                outputs=outputs,
-                outcome=outcome,
-                labels=entry.labels,
-                **fields,
-            )
-        )
+        events.prediction(reports.answered(request.entry, client.name if client else None, request.rid,
+                                           request.n_rows, request.inputs, outputs, outcome,
+                                           request.received_wall, **fields))
 
-    def _report_error(self, body: dict[str, Any] | None, exc: ProtocolError, received: float,
-                      received_wall: float) -> None:
-        """Log a frame refused before it reached a model, with what could be read of it."""
-        body = body or {}
-        model = body.get("model", self.default_model)
-        version = body.get("version")
-        if exc.entry is not None:
-            model, version = exc.entry.name, exc.entry.version
-            labels = exc.entry.labels
-        else:
-            labels = self.service.labels(model, version)
-        inputs = body.get("inputs")
-        client = self.client
-        events.prediction(
-            PredictionEvent(
-                received_at=received_wall,
-                model=model if isinstance(model, str) else None,
-                version=version if type(version) is int else None,
-                api_key=client.name if client else None,
-                request_id=exc.request_id,
-                rows=len(inputs) if isinstance(inputs, list) else 0,
-                inputs=inputs,
-                outputs=None,
-                outcome=exc.code,
-                total_ms=(time.perf_counter() - received) * 1000.0,
-                error=exc.message,
-                labels=labels,
-            )
-        )
+    def _emit_undelivered(self, request: _Request, outcome: str, outputs: Any, timings: dict[str, Any]) -> None:
+        fields = dict(timings)
+        what = "a prediction" if outcome == Outcome.OK else f"{outcome}: {fields.get('error')}"
+        fields["error"] = f"{reports.CLOSED_BEFORE_REPLY} The reply was {what}"
+        self._emit(request, outputs, Outcome.NOT_DELIVERED, **fields)
 
     # -- shutdown -------------------------------------------------------------------
 
     async def drain(self, timeout_s: float) -> None:
         """Answer what the client has sent, then close with 1001; called when the server shuts down.
 
-        Frames already received but not yet read are served too: the
-        connection is closed once nothing is in flight and no frame arrived
-        for a short while, or when ``timeout_s`` runs out.
+        Frames the server had received before the drain began are served,
+        those still unread included; frames after them are refused
+        (``overloaded``, with ``retry_after_ms``). The connection closes once
+        those requests are answered, or when ``timeout_s`` runs out.
         """
+        self._serve_through = self._frames_seen + self.receive_backlog()
+        self.draining = True
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            seen = self._frames_seen
+        while (left := deadline - time.monotonic()) > 0 and not self._closed.is_set():
             if self.in_flight:
-                await asyncio.wait(list(self.in_flight), timeout=max(0.0, deadline - time.monotonic()))
-            await asyncio.sleep(DRAIN_QUIET_S)
-            if not self.in_flight and self._frames_seen == seen:
+                await asyncio.wait(list(self.in_flight), timeout=left)
+            elif self._frames_seen < self._serve_through:
+                await asyncio.sleep(DRAIN_POLL_S)  # frames received before the drain, not read yet
+            else:
                 break
-        logger.info("Closing a drained connection (%d requests still in flight)", len(self.in_flight))
+        if self.in_flight:
+            logger.warning("Closing a draining connection with %d requests still in flight", len(self.in_flight))
         await self.close(CLOSE_GOING_AWAY)
         # Let the closing handshake finish: once the reactor stops, unsent frames are lost.
         try:
@@ -412,14 +445,3 @@ class PredictConsumer(DirectReadLoop, AsyncWebsocketConsumer):
                 await self._closed.wait()
         except TimeoutError:
             pass
-
-
-async def drain_connections() -> None:
-    """Shutdown hook: answer every connection's requests in flight, then close it with 1001."""
-    consumers = list(live_consumers)
-    if consumers:
-        timeout_s = settings.PLATFORM_REQUEST_TIMEOUT_MS / 1000.0 + 1.0
-        results = await asyncio.gather(*(consumer.drain(timeout_s) for consumer in consumers), return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException):
-                logger.error("Draining a connection failed", exc_info=result)

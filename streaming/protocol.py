@@ -7,6 +7,7 @@ the protocol leaves open.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,12 +79,23 @@ def request_id(body: dict[str, Any]) -> Any:
     if type(rid) is str:
         if len(rid) > MAX_ID_LENGTH:
             raise ProtocolError(Outcome.INVALID_REQUEST, f"id must be at most {MAX_ID_LENGTH} characters.")
+        if not rid.isascii() and not _is_unicode(rid):
+            # JSON's \ud800 escapes parse to lone surrogates, which no reply can carry.
+            raise ProtocolError(Outcome.INVALID_REQUEST, "id must be valid Unicode text (no lone surrogates).")
         return rid
     if type(rid) is int:
         if abs(rid) > _MAX_INT_ID:
             raise ProtocolError(Outcome.INVALID_REQUEST, "An integer id must fit in 64 bits.")
         return rid
     raise ProtocolError(Outcome.INVALID_REQUEST, "id must be a string or an integer.")
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def frame_type(body: dict[str, Any], rid: Any) -> str:
@@ -138,7 +150,12 @@ def encode_bytes(message: dict[str, Any], binary: bool) -> bytes:
     """Encode a reply the way its request was encoded, as the frame's payload (UTF-8 JSON or MessagePack)."""
     if binary:
         return msgpack.packb(message, use_bin_type=True, default=_json_default)
-    return orjson.dumps(message, default=_json_default)
+    try:
+        return orjson.dumps(message, default=_json_default)
+    except TypeError:
+        # Text orjson will not write (a lone surrogate echoed from the client's
+        # frame): the standard encoder escapes it, and the reply stays valid JSON.
+        return json.dumps(message, default=_json_default, ensure_ascii=True, separators=(",", ":")).encode()
 
 
 def error(code: str, message: str, rid: Any = None, **extra: Any) -> dict[str, Any]:

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -31,6 +32,7 @@ class DirectReadLoop:
     """Mixin for a Channels consumer: handle each message as it is read, with no channel layer."""
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        self._receive = receive
         self.scope = scope
         self.channel_layer = None
         self.channel_name = None
@@ -40,6 +42,15 @@ class DirectReadLoop:
                 await self.dispatch(await receive())  # type: ignore[attr-defined]
         except StopConsumer:
             pass
+
+    def receive_backlog(self) -> int:
+        """Messages the server received for this connection that were not read yet; 0 where it cannot tell.
+
+        daphne hands each application the ``get`` of an ``asyncio.Queue`` as
+        ``receive``; other servers may not.
+        """
+        queue = getattr(getattr(self, "_receive", None), "__self__", None)
+        return queue.qsize() if isinstance(queue, asyncio.Queue) else 0
 
 
 def frame_sender(scope: dict[str, Any]) -> FrameSender | None:

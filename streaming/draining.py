@@ -1,0 +1,30 @@
+"""Graceful shutdown of the prediction stream: every open connection answers what it accepted, then closes 1001."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from typing import TYPE_CHECKING
+
+from django.conf import settings
+
+if TYPE_CHECKING:
+    from .consumers import PredictConsumer
+
+logger = logging.getLogger(__name__)
+
+#: Open prediction connections of this process, for a graceful shutdown.
+live_consumers: weakref.WeakSet[PredictConsumer] = weakref.WeakSet()
+
+
+async def drain_connections() -> None:
+    """Shutdown hook: answer every connection's requests in flight, then close it with 1001."""
+    consumers = list(live_consumers)
+    if consumers:
+        # Requests already accepted end within their deadline: answered, or `timeout`.
+        timeout_s = settings.PLATFORM_REQUEST_TIMEOUT_MS / 1000.0 + 1.0
+        results = await asyncio.gather(*(consumer.drain(timeout_s) for consumer in consumers), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                logger.error("Draining a connection failed", exc_info=result)
