@@ -8,134 +8,21 @@ from typing import Any
 
 from . import pinning
 from .machine import describe
+from .targets import (
+    HALF_LOAD_P99_MAX_MS,
+    SERVER_LABELS,
+    SOAK_RSS_GROWTH_MAX,
+    find,
+    targets,
+    transport_ceiling,
+    workloads,
+)
 
-SERVER_LABELS = {
-    "platform": "platform",
-    "platform-nomon": "platform, monitoring off",
-    "ceiling": "transport ceiling",
-    "ceiling-nocleanup": "ceiling without per-frame DB cleanup",
-    "ceiling-direct": "ceiling on the platform's transport path",
-    "naive": "naive (predict per message)",
-}
-SERVER_ORDER = ["ceiling", "ceiling-nocleanup", "ceiling-direct", "platform", "platform-nomon", "naive"]
-#: The bare Channels consumers the ceiling target is judged against (the issue's "bare Channels consumer").
-CEILINGS = ("ceiling", "ceiling-nocleanup")
+__all__ = ["find", "targets", "transport_ceiling", "workloads", "SOAK_RSS_GROWTH_MAX"]
 
-# The issue's targets.
-CEILING_SHARE_MIN = 0.80
-KERAS_SPEEDUP_MIN = 20.0
-HALF_LOAD_P99_MAX_MS = 15.0
-MONITORING_COST_MAX = 0.10
-SOAK_RSS_GROWTH_MAX = 0.05
-
-
-def find(results: dict[str, Any], server: str, kind: str, workload: str) -> dict[str, Any] | None:
-    for run in results.get("runs", []):
-        if run["server"] == server and run["kind"] == kind and run["workload"] == workload:
-            return run
-    return None
-
-
-def workloads(results: dict[str, Any]) -> list[str]:
-    seen: list[str] = []
-    for run in results.get("runs", []):
-        if run["workload"] not in seen and run["kind"] == "max":
-            seen.append(run["workload"])
-    return seen
-
-
-def transport_ceiling(results: dict[str, Any], workload: str) -> dict[str, Any] | None:
-    """The faster of the two bare Channels consumers: stock, and without the per-frame database cleanup.
-
-    The platform's consumer skips that cleanup, so the stock consumer alone
-    would flatter it. ``ceiling-direct`` is not a Channels consumer any more
-    (it bypasses Channels' read loop and the ASGI send): it is reported next
-    to the target, as the strictest yardstick, but not judged.
-    """
-    candidates = [run for name in CEILINGS if (run := find(results, name, "max", workload))]
-    return max(candidates, key=lambda run: run["requests_per_s"]) if candidates else None
-
-
-def _verdict(passed: bool, margin: str) -> str:
-    return f"pass, by {margin}" if passed else f"**FAIL**, short by {margin}"
-
-
-def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Each target of the issue that this run can judge, with its value and by how much it passes or fails."""
-    verdicts: list[dict[str, Any]] = []
-
-    def add(target: str, workload: str, value: float, threshold: float, passed: bool, margin: str,
-            result: str) -> None:
-        verdicts.append({"target": target, "workload": workload, "value": round(value, 4),
-                         "threshold": threshold, "pass": passed, "result": result,
-                         "verdict": _verdict(passed, margin)})
-
-    log = (results.get("log_checks") or {}).get("platform")
-    for workload in workloads(results):
-        if not workload.endswith(" x1"):
-            continue
-        platform, ceiling = find(results, "platform", "max", workload), transport_ceiling(results, workload)
-        if platform and ceiling and ceiling["requests_per_s"]:
-            share = platform["requests_per_s"] / ceiling["requests_per_s"]
-            passed = share >= CEILING_SHARE_MIN
-            add("single-row req/s >= 80% of the transport ceiling", workload, share, CEILING_SHARE_MIN, passed,
-                f"{abs(share - CEILING_SHARE_MIN) * 100:.1f} points",
-                f"{share:.0%} ({platform['requests_per_s']:.0f} vs {ceiling['requests_per_s']:.0f} req/s, "
-                f"{SERVER_LABELS[ceiling['server']]})")
-        direct = find(results, "ceiling-direct", "max", workload)
-        if platform and direct and direct["requests_per_s"]:
-            share = platform["requests_per_s"] / direct["requests_per_s"]
-            passed = share >= CEILING_SHARE_MIN
-            add("(strictest reading) single-row req/s >= 80% of a bare responder on the platform's transport path",
-                workload, share, CEILING_SHARE_MIN, passed, f"{abs(share - CEILING_SHARE_MIN) * 100:.1f} points",
-                f"{share:.0%} ({platform['requests_per_s']:.0f} vs {direct['requests_per_s']:.0f} req/s, "
-                f"{SERVER_LABELS['ceiling-direct']})")
-    if log is not None:
-        add("every prediction logged (platform)", "all loads", log["missing"] + log["duplicates"] + log["unexpected"],
-            0, log["exact"],
-            "0 records" if log["exact"] else f"{log['missing']} missing, {log['duplicates']} duplicated, "
-            f"{log['unexpected']} unexpected",
-            f"{log['records']} records for {log['answered']} answered requests")
-    for workload in workloads(results):
-        if not workload.startswith("digits"):
-            continue
-        platform, naive = find(results, "platform", "max", workload), find(results, "naive", "max", workload)
-        if platform and naive and naive["requests_per_s"]:
-            speedup = platform["requests_per_s"] / naive["requests_per_s"]
-            passed = speedup >= KERAS_SPEEDUP_MIN
-            add("Keras: platform >= 20x the naive approach", workload, speedup, KERAS_SPEEDUP_MIN, passed,
-                f"{abs(speedup - KERAS_SPEEDUP_MIN):.1f}x",
-                f"{speedup:.1f}x ({platform['requests_per_s']:.0f} vs {naive['requests_per_s']:.1f} req/s)")
-    for workload in workloads(results):
-        half = find(results, "platform", "half", workload)
-        if half and half["latency_ms"]["p99"] is not None:
-            p99 = half["latency_ms"]["p99"]
-            errors = sum(half["window"]["errors"].values())
-            passed = p99 <= HALF_LOAD_P99_MAX_MS and errors == 0
-            margin = f"{abs(HALF_LOAD_P99_MAX_MS - p99):.1f} ms" + (f" and {errors} errors" if errors else "")
-            add("p99 <= 15 ms at half the platform's maximum", workload, p99, HALF_LOAD_P99_MAX_MS, passed, margin,
-                f"p99 {p99:.1f} ms at {half['requests_per_s']:.0f} req/s")
-    for workload in workloads(results):
-        on, off = find(results, "platform", "max", workload), find(results, "platform-nomon", "max", workload)
-        if on and off and off["requests_per_s"]:
-            cost = 1.0 - on["requests_per_s"] / off["requests_per_s"]
-            passed = cost <= MONITORING_COST_MAX
-            add("prediction log and metrics cost <= 10% of throughput", workload, cost, MONITORING_COST_MAX, passed,
-                f"{abs(MONITORING_COST_MAX - cost) * 100:.1f} points",
-                f"{cost:+.1%} ({on['requests_per_s']:.0f} vs {off['requests_per_s']:.0f} req/s)")
-    soak = results.get("soak")
-    if soak:
-        growth = soak["rss"]["growth"]
-        passed = growth is not None and growth < SOAK_RSS_GROWTH_MAX
-        add(f"{soak['minutes']:g}-minute soak at half load: RSS grows < 5% after warm-up", soak["workload"],
-            growth if growth is not None else float("nan"), SOAK_RSS_GROWTH_MAX, passed,
-            f"{abs(SOAK_RSS_GROWTH_MAX - (growth or 0)) * 100:.1f} points",
-            f"{(growth or 0):+.1%} ({soak['rss']['baseline_mb']:.0f} -> {soak['rss']['final_mb']:.0f} MiB)")
-        check = soak["log_check"]
-        add("soak: no prediction record missing", soak["workload"], check["missing"], 0, check["exact"],
-            "0 records" if check["exact"] else f"{check['missing']} missing, {check['duplicates']} duplicated",
-            f"{check['records']} records for {check['answered']} answered requests")
-    return verdicts
+SERVER_ORDER = [
+    "ceiling", "ceiling-nocleanup", "ceiling-direct", "platform", "platform-nomon", "platform-nojournal", "naive",
+]
 
 
 # -- Markdown ---------------------------------------------------------------------------------------

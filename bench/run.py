@@ -1,11 +1,12 @@
 """One whole comparison on this machine: the platform against the transport ceiling and the naive approach.
 
-``make bench`` runs it. It starts six servers, each on its own copy of one
+``make bench`` runs it. It starts seven servers, each on its own copy of one
 prepared data directory (so every prediction log starts empty), all through
 ``python -m platform_core.server``:
 
 1. ``platform``: the platform as deployed, batching, prediction log and metrics on;
 2. ``platform-nomon``: the same with ``PLATFORM_MONITORING=0``, for what monitoring costs;
+   ``platform-nojournal``: with ``PLATFORM_LOG_JOURNAL=0``, for what the crash-safe journal costs;
 3. ``ceiling``: ``bench.ceiling``, a bare Channels consumer with a fixed reply;
 4. ``ceiling-nocleanup``: the same without Channels' per-frame database cleanup;
 5. ``ceiling-direct``: the same on the platform's transport path (own read loop, synchronous send);
@@ -63,6 +64,8 @@ LATEST_FILES = ("results.json", "results.md", "latency_vs_throughput.png")
 SERVERS: list[tuple[str, str, dict[str, str]]] = [
     ("platform", "platform", {}),
     ("platform-nomon", "platform", {"PLATFORM_MONITORING": "0"}),
+    # What the crash-safe journal costs: maximum loads and half load.
+    ("platform-nojournal", "platform", {"PLATFORM_LOG_JOURNAL": "0"}),
     # Neither reports anything; the switch keeps the monitoring app's sinks uninstalled.
     ("ceiling", "ceiling", {"PLATFORM_MONITORING": "0"}),
     # Maximum loads only: what Channels' per-frame database cleanup costs the ceiling.
@@ -159,8 +162,8 @@ class Comparison:
                     print(f"{name}: ready in {server.started_in_s:.1f} s (pid {server.pid}, port {server.port}, "
                           f"CPUs by pid {allowed})", flush=True)
             self.maximum(started)
-            self.half_load([s for s in started if s.name in ("platform", "ceiling")])
-            self.sweep([s for s in started if s.name not in ("ceiling-nocleanup", "ceiling-direct")])
+            self.half_load([s for s in started if s.name in ("platform", "platform-nojournal", "ceiling")])
+            self.sweep([s for s in started if s.name in ("platform", "platform-nomon", "ceiling", "naive")])
             platform = next((s for s in started if s.name == "platform"), None)
             if platform is not None and self.options.profile_s > 0:
                 for model, rows in self.options.profile_workloads:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -117,6 +118,8 @@ def test_allowed_cpus_are_read_per_process(shell):
     parent = shell(f"taskset -c {cpu} {sys.executable} -c 'import time; time.sleep(60)' & wait")
     wait_for(lambda: len(procstats.process_tree(parent.pid)) == 2)
     child = procstats.process_tree(parent.pid)[1]
+    # taskset sets the affinity, then execs Python: read only once Python runs.
+    wait_for(lambda: b"time.sleep" in Path(f"/proc/{child}/cmdline").read_bytes())
 
     allowed = procstats.tree_allowed_cpus(parent.pid)
     assert allowed[child] == [cpu]
