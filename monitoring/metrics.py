@@ -138,6 +138,23 @@ LOG_RECORDS_LOST = Counter(
 LOG_WRITE_ERRORS = Counter(
     "log_write_errors", "Failed attempts to insert a batch of prediction records.", namespace=NAMESPACE,
 )
+LOG_JOURNAL_RECORDS = Counter(
+    "log_journal_records", "Prediction records written to the journal before their replies left.",
+    namespace=NAMESPACE,
+)
+LOG_JOURNAL_WRITE_ERRORS = Counter(
+    "log_journal_write_errors", "Writes to the journal that failed (the records stay in memory).",
+    namespace=NAMESPACE,
+)
+LOG_JOURNAL_FSYNC = Histogram(
+    "log_journal_fsync_seconds", "Time each fsync of the journal took (off the event loop).",
+    namespace=NAMESPACE, buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+)
+LOG_JOURNAL_RECOVERED = Counter(
+    "log_journal_recovered_records",
+    "Prediction records recovered from the journal of a process that stopped without writing them.",
+    namespace=NAMESPACE,
+)
 
 
 # -- labelled children, looked up once ------------------------------------------------

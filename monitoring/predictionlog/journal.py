@@ -27,12 +27,14 @@ import fcntl
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import msgpack
 
+from .. import metrics
 from .exceptions import SpillFileError
 from .rows import COLUMNS, Row
 
@@ -136,6 +138,7 @@ class Journal:
                 error: OSError | None = exc
             else:
                 error = None
+                metrics.LOG_JOURNAL_RECORDS.inc(count)
                 segment.size += len(data)
                 segment.outstanding += count
                 segment.dirty = True
@@ -146,6 +149,7 @@ class Journal:
             # The records are still in memory on their way to the database;
             # only a crash before they get there would lose them now.
             exc = error
+            metrics.LOG_JOURNAL_WRITE_ERRORS.inc()
             self._failures += 1
             if self._failures == 1 or self._failures % 1000 == 0:
                 logger.error("Could not write %d prediction records to the journal in %s (%d failures): %s",
@@ -258,7 +262,9 @@ class Journal:
                     segment.dirty = False
                     dirty.append(os.dup(segment.fd))
         for fd in dirty:
+            started = time.perf_counter()
             _fsync(fd)
+            metrics.LOG_JOURNAL_FSYNC.observe(time.perf_counter() - started)
             os.close(fd)
 
     # -- recovering what a dead process left -------------------------------------------
@@ -300,6 +306,7 @@ class Journal:
             finally:
                 os.close(fd)
             recovered += count
+            metrics.LOG_JOURNAL_RECOVERED.inc(count)
             if count:
                 logger.warning("Recovered %d prediction records from %s, left by a process that stopped "
                                "without writing them", count, path.name)
