@@ -62,18 +62,26 @@ class ModelVersion(models.Model):
         KERAS = "keras", "Keras (.keras)"
 
     class Status(models.TextChoices):
-        READY = "ready", "Ready"
-        FAILED = "failed", "Failed"
+        #: Validated and loadable, not serving (new, or replaced by a later activation).
+        STAGED = "staged", "Staged"
+        #: The one version of its model that serves requests naming no version.
+        ACTIVE = "active", "Active"
+        #: Taken out of service for good: unloaded, answers ``unknown_model``.
         RETIRED = "retired", "Retired"
+        #: Failed validation (``failure_reason`` says why); never served.
+        FAILED = "failed", "Failed"
 
     model = models.ForeignKey(MLModel, on_delete=models.CASCADE, related_name="versions")
     version = models.PositiveIntegerField(validators=[MinValueValidator(1)])
     framework = models.CharField(max_length=16, choices=Framework.choices)
     artifact = models.CharField(max_length=255, help_text="Path relative to the model store.")
     checksum = models.CharField(max_length=64, help_text="SHA-256 of the artifact file.")
-    status = models.CharField(max_length=16, choices=Status.choices, default=Status.READY)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.STAGED)
     is_active = models.BooleanField(default=False)
     metadata = models.JSONField(default=dict, blank=True, help_text="Class labels and training facts.")
+    size_bytes = models.PositiveBigIntegerField(null=True, blank=True, help_text="Size of the artifact file.")
+    failure_reason = models.TextField(blank=True, help_text="Why validation refused this version.")
+    created_by = models.CharField(max_length=150, blank=True, help_text="Who registered it (user or API key).")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -89,10 +97,40 @@ class ModelVersion(models.Model):
         return f"{self.model.name} v{self.version}"
 
     def activate(self):
-        """Make this the version that serves requests which name no version."""
+        """Make this the version that serves requests which name no version; the one it replaces is staged."""
         with transaction.atomic():
             ModelVersion.objects.filter(model=self.model, is_active=True).exclude(pk=self.pk).update(
-                is_active=False
+                is_active=False, status=ModelVersion.Status.STAGED
             )
             self.is_active = True
-            self.save(update_fields=["is_active"])
+            self.status = ModelVersion.Status.ACTIVE
+            self.save(update_fields=["is_active", "status"])
+
+
+class DeploymentEvent(models.Model):
+    """One change to what a model serves, for the audit: who did what, when, from where."""
+
+    class Action(models.TextChoices):
+        REGISTERED = "registered", "Registered"
+        FAILED = "failed", "Failed validation"
+        ACTIVATED = "activated", "Activated"
+        ROLLED_BACK = "rolled_back", "Rolled back"
+        RETIRED = "retired", "Retired"
+
+    model = models.ForeignKey(MLModel, on_delete=models.CASCADE, related_name="deployment_events")
+    version = models.ForeignKey(ModelVersion, null=True, blank=True, on_delete=models.SET_NULL,
+                                related_name="deployment_events")
+    version_number = models.PositiveIntegerField(null=True, blank=True)
+    action = models.CharField(max_length=16, choices=Action.choices)
+    actor = models.CharField(max_length=150, help_text="The user, API key or command that made the change.")
+    source = models.CharField(max_length=32, help_text="admin, command, api.")
+    address = models.CharField(max_length=64, blank=True, help_text="The client address, for the admin and the API.")
+    detail = models.TextField(blank=True)
+    at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        verbose_name = "deployment event"
+
+    def __str__(self):
+        return f"{self.model.name} v{self.version_number or '?'} {self.action} by {self.actor}"

@@ -36,6 +36,11 @@ class APIKey(models.Model):
         null=True, blank=True, validators=[MinValueValidator(0.001)],
         help_text="Most requests per second (per server process); empty for no limit.",
     )
+    can_deploy = models.BooleanField(
+        default=False,
+        help_text="May register, activate, roll back and retire model versions through the deployment API. "
+                  "A key for predictions should not.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, editable=False

@@ -65,7 +65,7 @@ class TestLoadDemoModels:
         assert registered == EXPECTED
         for version in ModelVersion.objects.all():
             assert version.version == 1 and version.is_active
-            assert version.status == ModelVersion.Status.READY
+            assert version.status == ModelVersion.Status.ACTIVE
             assert artifact_path(version.artifact).is_file()
 
     def test_a_second_run_changes_nothing(self):
