@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import logging
+import time
+
+from django.db import OperationalError
 
 from monitoring.models import PredictionRecord
+from monitoring.predictionlog import database
 from tests.monitoring.predictionlog.conftest import LOST, WRITE_ERRORS, assert_exactly_once
 
 
@@ -48,3 +52,37 @@ def test_an_in_memory_database_is_written_from_the_thread(make_log, make_event, 
         assert log.flush(timeout_s=10)
     assert PredictionRecord.objects.count() == 10
     assert "another process cannot open an in-memory database" in caplog.text
+
+
+def test_a_database_that_fails_at_once_is_retried_with_backoff_not_in_a_tight_loop(make_log, make_event,
+                                                                                  monkeypatch):
+    # An insert that fails without waiting (connection refused): only the
+    # backoff keeps the writer thread from spinning and starving the others.
+    attempts: list[float] = []
+
+    class RefusedInserter:
+        def __init__(self, **options) -> None:
+            pass
+
+        def insert(self, rows) -> int:
+            attempts.append(time.monotonic())
+            raise OperationalError("connection refused")
+
+        def close(self) -> None:
+            pass
+
+        def stop(self) -> None:
+            pass
+
+    monkeypatch.setattr(database, "Inserter", RefusedInserter)
+    log = make_log(batch_size=10, writer="thread")
+    for _ in range(10):
+        log.record(make_event())
+    deadline = time.monotonic() + 5
+    while not attempts and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert attempts, "the writer tried to insert"
+    time.sleep(1.0)
+    during_one_second = sum(1 for at in attempts if at <= attempts[0] + 1.0)
+    assert 2 <= during_one_second <= 10, f"{during_one_second} attempts in the first second of the failure"
+    assert log.stop(timeout_s=0.5)

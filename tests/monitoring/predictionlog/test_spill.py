@@ -147,6 +147,8 @@ def test_served_predictions_spill_and_replay_as_final_rows(make_log, make_event,
         deadline = time.monotonic() + 10
         while spill_lines(tmp_path / "spill") < 30 and time.monotonic() < deadline:
             time.sleep(0.05)
+        # The check below reads the spill files: it must have some to read.
+        assert spill_lines(tmp_path / "spill") >= 30, "the records went to spill files while the database was locked"
     for path in (tmp_path / "spill").glob("predictions-*.jsonl"):
         for line in path.read_bytes().splitlines():
             outputs = orjson.loads(line)[8]  # the outputs as JSON text, not the reply
