@@ -353,6 +353,8 @@ def _fsync(fd: int) -> None:
 def _remove(segment: Segment) -> None:
     try:
         segment.path.unlink(missing_ok=True)
+    except OSError as exc:  # the directory itself gone or replaced: the records were settled anyway
+        logger.warning("Could not remove the journal segment %s: %s", segment.path, exc)
     finally:
         try:
             os.close(segment.fd)
