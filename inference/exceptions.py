@@ -61,3 +61,45 @@ class ModelCallFailed(InferenceError):
     """The model raised, or returned output that does not fit the batch."""
 
     code: str = Outcome.INTERNAL.value
+
+
+class ArtifactRejected(ArtifactError):
+    """An uploaded artifact failed validation; its message says what to change."""
+
+
+class ArtifactTooLarge(ArtifactRejected):
+    """An artifact is larger than ``PLATFORM_MAX_ARTIFACT_BYTES``."""
+
+
+class UnsafeArtifactFormat(ArtifactRejected):
+    """An artifact is not in a safe format: a pickle or joblib file, legacy HDF5, or a Keras Lambda layer."""
+
+
+class CorruptArtifact(ArtifactRejected):
+    """An artifact is empty, truncated or otherwise unreadable."""
+
+
+class ArtifactSchemaMismatch(ArtifactRejected):
+    """A model's inputs, outputs or class labels do not match the schema registered for it."""
+
+
+class DeploymentError(InferenceError):
+    """A change to what a model serves was refused."""
+
+
+class InvalidDeployment(DeploymentError):
+    """A deployment request is malformed: an unknown framework, or an incomplete schema for a new model."""
+
+
+class DeploymentConflict(DeploymentError):
+    """A change contradicts a version's state, e.g. retiring the active version without naming a replacement."""
+
+
+class VersionFailed(DeploymentError):
+    """A version was recorded as failed, by validation or because its file changed; ``reason`` says why."""
+
+    def __init__(self, message: str, *, model: str, version: int, reason: ArtifactError) -> None:
+        super().__init__(message)
+        self.model = model
+        self.version = version
+        self.reason = reason

@@ -22,6 +22,11 @@ class MLModel(models.Model):
     description = models.TextField(blank=True)
     inputs = models.JSONField(help_text="Feature names, in the order the model expects them.")
     outputs = models.CharField(max_length=255, help_text="What each output row holds.")
+    sample_inputs = models.JSONField(
+        null=True, blank=True,
+        help_text="A few typical input rows (lists of numbers in the order of the inputs); new versions must "
+                  "give finite outputs for them. Empty: rows of zeros.",
+    )
     max_batch_size = models.PositiveIntegerField(
         null=True, blank=True, validators=[MinValueValidator(1)],
         help_text="Most rows in one model call; empty for the platform default.",
@@ -50,6 +55,17 @@ class MLModel(models.Model):
             raise ValidationError({"inputs": "Inputs must be a non-empty list of feature names."})
         if len(set(self.inputs)) != len(self.inputs):
             raise ValidationError({"inputs": "Feature names must be unique."})
+        if self.sample_inputs is not None and not (
+            isinstance(self.sample_inputs, list) and self.sample_inputs and all(
+                isinstance(row, list) and len(row) == len(self.inputs)
+                and all(type(value) in (int, float) for value in row)
+                for row in self.sample_inputs
+            )
+        ):
+            raise ValidationError({"sample_inputs": (
+                f"Sample inputs must be a non-empty list of rows, each a list of {len(self.inputs)} numbers "
+                "in the order of the inputs."
+            )})
 
     @property
     def active_version(self):

@@ -192,7 +192,7 @@ if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [redis_host(REDIS_URL)], "capacity": 1000, "expiry": 10},
+            "CONFIG": {"hosts": [REDIS_URL], "capacity": 1000, "expiry": 10},
         }
     }
 else:
@@ -268,6 +268,10 @@ PLATFORM_REQUEST_TIMEOUT_MS = float(os.environ.get("PLATFORM_REQUEST_TIMEOUT_MS"
 
 # Load every active model version when the ASGI application is imported.
 PLATFORM_PRELOAD_MODELS = env_bool("PLATFORM_PRELOAD_MODELS", True)
+
+# The largest model artifact the admin, the commands and the deployment API
+# accept; a larger upload is recorded as a failed version (HTTP 413).
+PLATFORM_MAX_ARTIFACT_BYTES = env_int("PLATFORM_MAX_ARTIFACT_BYTES", 256 * 1024 * 1024, minimum=1)
 
 # TensorFlow's CPU threads: by default every core this process may run on
 # (taskset, cgroups) but the one the event loop needs, and one thread between
