@@ -192,7 +192,7 @@ if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL], "capacity": 1000, "expiry": 10},
+            "CONFIG": {"hosts": [redis_host(REDIS_URL)], "capacity": 1000, "expiry": 10},
         }
     }
 else:
