@@ -47,6 +47,11 @@ class ServedModel:
     outputs: str
     active_version: int | None
     versions: dict[int, ServedVersion] = field(default_factory=dict)
+    #: The version the active one replaced, kept loaded for an instant rollback.
+    standby_version: int | None = None
+    #: Versions the registry holds, not retired, that this process does not keep
+    #: loaded: a request naming one is answered ``model_unavailable``, not ``unknown_model``.
+    unloaded: frozenset[int] = frozenset()
 
     def describe(self) -> dict[str, Any]:
         return {"version": self.active_version, "inputs": self.inputs, "outputs": self.outputs}
