@@ -6,8 +6,10 @@ from .models import APIKey
 
 @admin.register(APIKey)
 class APIKeyAdmin(admin.ModelAdmin):
-    list_display = ["name", "prefix", "model_scope", "rate_limit_per_s", "created_at", "last_used_at", "status"]
-    list_filter = [("revoked_at", admin.EmptyFieldListFilter)]
+    list_display = [
+        "name", "prefix", "model_scope", "can_deploy", "rate_limit_per_s", "created_at", "last_used_at", "status",
+    ]
+    list_filter = [("revoked_at", admin.EmptyFieldListFilter), "can_deploy"]
     search_fields = ["name", "prefix"]
     readonly_fields = ["prefix", "created_at", "created_by", "last_used_at", "revoked_at"]
     filter_horizontal = ["allowed_models"]
