@@ -40,6 +40,7 @@ from prometheus_client import (
 
 from inference import outcomes, served
 from inference.outcomes import Outcome
+from inference.swaps import SwapFact, SwapStep
 
 from . import events
 
@@ -156,6 +157,23 @@ LOG_JOURNAL_RECOVERED = Counter(
     namespace=NAMESPACE,
 )
 
+# -- model lifecycle (the pool's swaps; ``model`` is a name this process serves, or "") -----
+
+MODEL_ACTIVE_VERSION = Gauge(
+    "model_active_version", "The version that serves requests naming none, per model and server process.",
+    # Per process: during a rollout, a process that has not swapped yet shows.
+    ["model"], namespace=NAMESPACE, multiprocess_mode="liveall",
+)
+MODEL_SWAPS = Counter("model_swaps", "Times a server process swapped a model's active version.", ["model"],
+                      namespace=NAMESPACE)
+MODEL_LOAD_DURATION = Histogram(
+    "model_load_seconds", "Time to load, check and warm up one model version, off the event loop.",
+    ["model"], namespace=NAMESPACE, buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+)
+MODEL_LOAD_FAILURES = Counter(
+    "model_load_failures", "Model versions that failed to load in a server process, or failed validation.",
+    ["model", "stage"], namespace=NAMESPACE,
+)
 
 # -- labelled children, looked up once ------------------------------------------------
 #
@@ -353,6 +371,23 @@ def observe_batch(model: str, version: int, stats: BatchStats) -> None:
     set_queue_depth(stats.queue_depth)
 
 
+def observe_swap(fact: SwapFact) -> None:
+    """Called for every load, failed load, activation and drop of a model version."""
+    if fact.step == SwapStep.LOADED and fact.seconds is not None:
+        MODEL_LOAD_DURATION.labels(fact.model).observe(fact.seconds)
+    elif fact.step == SwapStep.LOAD_FAILED:
+        MODEL_LOAD_FAILURES.labels(fact.model, "load").inc()
+    elif fact.step == SwapStep.ACTIVATED and fact.version is not None:
+        MODEL_ACTIVE_VERSION.labels(fact.model).set(fact.version)
+        if fact.previous is not None:
+            MODEL_SWAPS.labels(fact.model).inc()
+
+
+def observe_validation_failure(model: str) -> None:
+    """Called when a new version of ``model`` (``""`` if this process does not serve it) failed validation."""
+    MODEL_LOAD_FAILURES.labels(model, "validation").inc()
+
+
 def refresh() -> None:
     """Bring this process's metrics up to date; called before each scrape, from any thread.
 
@@ -366,6 +401,8 @@ def refresh() -> None:
     source = _serving_state
     if source is not None:
         for model in source():
+            if model.active_version is not None:
+                MODEL_ACTIVE_VERSION.labels(model.name).set(model.active_version)
             for version in model.versions:
                 if version.loaded:
                     _batch_series_for(model.name, version.version)[3](version.queue_depth)

@@ -268,6 +268,20 @@ PLATFORM_REQUEST_TIMEOUT_MS = float(os.environ.get("PLATFORM_REQUEST_TIMEOUT_MS"
 
 # Load every active model version when the ASGI application is imported.
 PLATFORM_PRELOAD_MODELS = env_bool("PLATFORM_PRELOAD_MODELS", True)
+# How often each server process compares what it serves with the registry
+# (platform_core/modelsync.py), in seconds: the safety net that makes a process
+# that missed the channel-layer message of a change (Redis down, or no Redis:
+# the in-memory layer spans one process) serve it within this time. One small
+# query when nothing changed.
+try:
+    PLATFORM_MODEL_RECONCILE_S = float(os.environ.get("PLATFORM_MODEL_RECONCILE_S", "5"))
+except ValueError:
+    PLATFORM_MODEL_RECONCILE_S = float("nan")
+if not 0 < PLATFORM_MODEL_RECONCILE_S < float("inf"):
+    raise ImproperlyConfigured(
+        "PLATFORM_MODEL_RECONCILE_S must be a positive number of seconds, "
+        f"not {os.environ.get('PLATFORM_MODEL_RECONCILE_S')!r}."
+    )
 
 # The largest model artifact the admin, the commands and the deployment API
 # accept; a larger upload is recorded as a failed version (HTTP 413).
