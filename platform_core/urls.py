@@ -5,6 +5,7 @@ from django.urls import path
 
 from frontend import views as frontend_views
 from monitoring.views import metrics as metrics_view
+from streaming import deploy_api
 
 
 def healthz(request):
@@ -22,4 +23,11 @@ urlpatterns = [
     path("", frontend_views.dashboard, name="dashboard"),
     path("login/", frontend_views.LoginView.as_view(), name="login"),
     path("logout/", LogoutView.as_view(), name="logout"),
+    # The deployment API for pipelines (streaming/deploy_api.py).
+    path("api/v1/models/<str:name>", deploy_api.model_detail, name="deploy-model"),
+    path("api/v1/models/<str:name>/versions", deploy_api.register_version, name="deploy-register"),
+    path("api/v1/models/<str:name>/versions/<int:number>/activate", deploy_api.activate_version,
+         name="deploy-activate"),
+    path("api/v1/models/<str:name>/versions/<int:number>/retire", deploy_api.retire_version, name="deploy-retire"),
+    path("api/v1/models/<str:name>/rollback", deploy_api.rollback, name="deploy-rollback"),
 ]
