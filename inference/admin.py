@@ -21,7 +21,7 @@ from django.views.decorators.http import require_POST
 from . import deployment
 from .exceptions import InferenceError
 from .models import DeploymentEvent, MLModel, ModelVersion
-from .validation import max_artifact_bytes
+from .uploads import max_artifact_bytes
 
 #: The permission every deployment button needs (the deployment API asks staff users for the same).
 DEPLOY_PERMISSION = "inference.change_modelversion"

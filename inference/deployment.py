@@ -42,7 +42,8 @@ from .exceptions import (
 )
 from .models import DeploymentEvent, MLModel, ModelVersion
 from .signals import catalog_changed
-from .validation import SUFFIXES, ReceivedArtifact, ValidatedArtifact, receive, validate
+from .uploads import SUFFIXES, ReceivedArtifact, receive
+from .validation import ValidatedArtifact, validate
 
 logger = logging.getLogger(__name__)
 

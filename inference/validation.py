@@ -4,14 +4,14 @@ The checks run in this order, and the first that fails names the fault in a
 sentence a data scientist can act on (an ``ArtifactError`` subclass):
 
 1. size: not empty, at most ``PLATFORM_MAX_ARTIFACT_BYTES``; the SHA-256 is
-   computed while the file is copied into the model store's incoming folder;
+   computed while the file is copied into the model store (``inference.uploads``);
 2. format: a skops archive for scikit-learn, a native ``.keras`` archive for
    Keras. A pickle or joblib file is refused by its first bytes, before
    anything parses it, because unpickling runs arbitrary code;
 3. integrity: every member of the archive reads back with its CRC, so a
    truncated or corrupt upload is refused as such;
-4. safety: skops types outside the trusted list are refused before loading, and so is a Keras
-   Lambda layer (Python code that safe mode will not run);
+4. safety: skops types outside the trusted list are refused before loading,
+   and so is a Keras Lambda layer (Python code that safe mode will not run);
 5. inputs: the model takes as many features as the registry's schema lists;
 6. the model loads exactly as every server process will load it
    (``artifacts.load_runtime``: checksum, runtime, warm-up);
@@ -24,11 +24,8 @@ sentence a data scientist can act on (an ``ArtifactError`` subclass):
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
-import tempfile
 import zipfile
 import zlib
 from collections.abc import Iterator, Sequence
@@ -37,82 +34,35 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
-from django.conf import settings
 
-from .artifacts import (
-    artifact_path,
-    load_keras_model,
-    load_runtime,
-    load_sklearn_estimator,
-    model_store,
-    trusted_sklearn_types,
-)
+from .artifacts import artifact_path, load_keras_model, load_runtime, load_sklearn_estimator, trusted_sklearn_types
 from .exceptions import (
     ArtifactError,
     ArtifactRejected,
     ArtifactSchemaMismatch,
-    ArtifactTooLarge,
     CorruptArtifact,
-    InvalidDeployment,
     InvalidInput,
     UnsafeArtifactFormat,
     UntrustedArtifact,
 )
 from .runtimes.base import Runtime
 from .schema import InputSchema
+from .uploads import ReceivedArtifact, receive
 
 if TYPE_CHECKING:
     from .models import MLModel
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MAX_ARTIFACT_BYTES = 256 * 1024 * 1024
-#: File name endings of each framework's artifacts (Keras refuses to load a file without its own).
-SUFFIXES = {"sklearn": ".skops", "keras": ".keras"}
-#: Where uploads wait, inside the model store, while they are checked: a move from there is a rename.
-INCOMING_DIR = ".incoming"
 #: Rows of zeros sent through a model that has no sample rows of its own.
 PROBE_ROWS = 2
 #: How far a row of probabilities may sum from 1 (float32 softmax rounding).
 PROBABILITY_TOLERANCE = 1e-3
 
-_CHUNK_BYTES = 1 << 20
 _ZIP_MAGIC = b"PK\x03\x04"
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 # zlib and gzip headers: what joblib.dump(..., compress=...) writes around a pickle.
 _COMPRESSED_MAGICS = (b"\x78\x01", b"\x78\x5e", b"\x78\x9c", b"\x78\xda", b"\x1f\x8b", b"ZF")
-
-
-def max_artifact_bytes() -> int:
-    return int(getattr(settings, "PLATFORM_MAX_ARTIFACT_BYTES", DEFAULT_MAX_ARTIFACT_BYTES))
-
-
-def _mib(size: int) -> str:
-    return f"{size / (1024 * 1024):.1f} MiB"
-
-
-def _too_large(size: int | None) -> ArtifactTooLarge:
-    what = f"is {_mib(size)}, which is" if size is not None else "is"
-    return ArtifactTooLarge(
-        f"The artifact {what} larger than the limit of {_mib(max_artifact_bytes())} "
-        "(PLATFORM_MAX_ARTIFACT_BYTES); make the model smaller or ask an operator to raise the limit."
-    )
-
-
-@dataclass(frozen=True)
-class ReceivedArtifact:
-    """An uploaded file copied into the model store's incoming folder, with its size and SHA-256."""
-
-    path: Path
-    #: ``path`` relative to the model store, as the registry records artifacts.
-    relative: str
-    checksum: str
-    size_bytes: int
-    #: The name the file had where it came from, for the audit.
-    filename: str
-
-    def discard(self) -> None:
-        self.path.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)
@@ -125,58 +75,6 @@ class ValidatedArtifact:
     classes: list[str] | None
     #: Values per output row: 0 for one value per row, else the width of each output row.
     output_columns: int
-
-
-def _chunks(handle: IO[bytes]) -> Iterator[bytes]:
-    while chunk := handle.read(_CHUNK_BYTES):
-        yield chunk
-
-
-def receive(source: Path | str | IO[bytes], *, framework: str, filename: str = "") -> ReceivedArtifact:
-    """Copy an artifact (a path, or a file object such as an upload) into the store's incoming folder.
-
-    Reads at most one byte past the size limit, hashing on the way, so a
-    runaway upload costs neither memory nor more disk than the limit.
-    """
-    suffix = SUFFIXES.get(framework)
-    if suffix is None:
-        raise InvalidDeployment(f"Unknown framework {framework!r}; choose one of {', '.join(SUFFIXES)}.")
-    limit = max_artifact_bytes()
-    if isinstance(source, str | Path):
-        path = Path(source)
-        if not path.is_file():
-            raise InvalidDeployment(f"There is no artifact file at {path}.")
-        if path.stat().st_size > limit:
-            raise _too_large(path.stat().st_size)
-        with open(path, "rb") as handle:
-            return receive(handle, framework=framework, filename=filename or path.name)
-    declared = getattr(source, "size", None)  # Django's uploaded files know their size
-    if isinstance(declared, int) and declared > limit:
-        raise _too_large(declared)
-
-    incoming = model_store() / INCOMING_DIR
-    incoming.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha256()
-    size = 0
-    fd, name = tempfile.mkstemp(dir=incoming, suffix=suffix)
-    path = Path(name)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            for chunk in _chunks(source):
-                size += len(chunk)
-                if size > limit:
-                    raise _too_large(declared if isinstance(declared, int) and declared > limit else None)
-                digest.update(chunk)
-                out.write(chunk)
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
-    if size == 0:
-        path.unlink(missing_ok=True)
-        raise CorruptArtifact("The artifact file is empty; upload the file the model was saved to.")
-    relative = path.relative_to(model_store()).as_posix()
-    filename = filename or Path(getattr(source, "name", "") or "").name
-    return ReceivedArtifact(path, relative, digest.hexdigest(), size, filename)
 
 
 def validate(
@@ -459,6 +357,4 @@ def _check_probabilities(runtime: Runtime, outputs: np.ndarray, what: str) -> No
         )
 
 
-__all__ = [
-    "ReceivedArtifact", "ValidatedArtifact", "max_artifact_bytes", "receive", "validate", "validate_artifact",
-]
+__all__ = ["ValidatedArtifact", "validate", "validate_artifact"]

@@ -53,7 +53,7 @@ from inference.exceptions import (
     VersionFailed,
 )
 from inference.models import MLModel, ModelVersion
-from inference.validation import max_artifact_bytes
+from inference.uploads import max_artifact_bytes
 
 from .exceptions import DeployRefused
 from .models import APIKey, hash_key

@@ -19,7 +19,8 @@ from inference.exceptions import (
     UntrustedArtifact,
 )
 from inference.models import MLModel, ModelVersion
-from inference.validation import INCOMING_DIR, receive, validate_artifact
+from inference.uploads import INCOMING_DIR, receive
+from inference.validation import validate_artifact
 from tests.support import artifacts
 
 pytestmark = pytest.mark.django_db
