@@ -15,6 +15,7 @@ and the metrics.
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -30,6 +31,8 @@ from platform_core import modelsync
 from platform_core.lifecycle import before_send, on_shutdown
 from streaming.catalog_push import push_catalog
 from streaming.draining import drain_connections
+
+logger = logging.getLogger(__name__)
 
 MODEL_SYNC_ORDER, DRAIN_ORDER, PREDICTION_LOG_ORDER, METRICS_ORDER = 5, 10, 50, 80
 #: The ``action`` of ``catalog_changed`` for a version that failed validation.
@@ -87,11 +90,20 @@ def _once_serving(start: Callable[[], object]) -> None:
     """Run ``start`` on the event loop once the server runs.
 
     daphne installs Twisted's asyncio reactor before it imports the
-    application and runs it afterwards; ``callWhenRunning`` then calls
-    ``start`` on the reactor's event loop. A process that imports the
+    application and runs it afterwards: a call scheduled on the reactor now
+    runs on its event loop once it turns (its startup triggers would be too
+    early: they fire before the loop runs). A process that imports the
     application without serving it (a ``manage.py`` command, the tests) never
     runs the reactor, and starts nothing.
     """
     reactor = sys.modules.get("twisted.internet.reactor")
-    if reactor is not None:
-        reactor.callWhenRunning(start)
+    if reactor is None:
+        return
+
+    def start_logged() -> None:
+        try:
+            start()
+        except Exception:  # Twisted's own log goes nowhere under daphne
+            logger.exception("Could not start %r", start)
+
+    reactor.callLater(0, start_logged)
