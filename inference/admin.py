@@ -19,12 +19,10 @@ from django.utils.decorators import method_decorator
 from django.views.decorators.http import require_POST
 
 from . import deployment
+from .deployment import DEPLOY_PERMISSION
 from .exceptions import InferenceError
 from .models import DeploymentEvent, MLModel, ModelVersion
 from .uploads import max_artifact_bytes
-
-#: The permission every deployment button needs (the deployment API asks staff users for the same).
-DEPLOY_PERMISSION = "inference.change_modelversion"
 
 
 def client_address(request):

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import IO
@@ -49,6 +50,8 @@ logger = logging.getLogger(__name__)
 
 #: Where a change came from, as the audit records it.
 SOURCES = ("admin", "command", "api")
+#: What a staff user needs to deploy, in the admin and through the API.
+DEPLOY_PERMISSION = "inference.change_modelversion"
 Status = ModelVersion.Status
 # The audit's actions as the plain strings the database holds (mypy sees Django's choices as tuples).
 _Action = DeploymentEvent.Action
@@ -129,6 +132,12 @@ def get_version(model: MLModel | str, version: ModelVersion | int) -> ModelVersi
     return found
 
 
+#: How an activation's audit event names the version it replaced; ``rollback_target`` reads it back, so
+#: that a version activated before the audit existed (the demo models, migrated versions) can be rolled back to.
+REPLACED_DETAIL = {ACTIVATED: "replaces v{}", ROLLED_BACK: "rolled back from v{}"}
+_REPLACED = re.compile(r"^(?:replaces|rolled back from) v(\d+)$")
+
+
 def rollback_target(model: MLModel | str) -> ModelVersion | None:
     """The version a roll-back would activate: the latest other one that was active and is still staged."""
     mlmodel = get_model(model)
@@ -137,11 +146,14 @@ def rollback_target(model: MLModel | str) -> ModelVersion | None:
     history = (
         DeploymentEvent.objects.filter(model=mlmodel, action__in=[ACTIVATED, ROLLED_BACK])
         .order_by("-at", "-id")
-        .values_list("version_number", flat=True)
+        .values_list("version_number", "detail")
     )
-    for number in history:
-        if number is not None and (active is None or number != active.version) and number in staged:
-            return staged[number]
+    for number, detail in history:
+        replaced = _REPLACED.match(detail)
+        # Newest first: the version an activation made active, then the one it replaced.
+        for candidate in (number, int(replaced.group(1)) if replaced else None):
+            if candidate in staged and (active is None or candidate != active.version):
+                return staged[candidate]
     return None
 
 
@@ -320,10 +332,7 @@ def _switch(version: ModelVersion, audit: _Audit, action: str) -> ModelVersion:
         _servable(version)
         previous = version.model.versions.filter(is_active=True).exclude(pk=version.pk).first()
         version.activate()
-        if action == ROLLED_BACK:
-            detail = f"rolled back from v{previous.version}" if previous else "no version was active"
-        else:
-            detail = f"replaces v{previous.version}" if previous else "no version was active"
+        detail = REPLACED_DETAIL[action].format(previous.version) if previous else "no version was active"
         audit.record(version, action, detail)
         _announce(version.model, action, version.version)
     logger.info("%s is now active (%s by %s, %s)", version, action, audit.actor, detail)
@@ -419,6 +428,6 @@ def mark_failed(
 
 
 __all__ = [
-    "ModelSchema", "SOURCES", "activate", "get_model", "get_version",
+    "DEPLOY_PERMISSION", "ModelSchema", "SOURCES", "activate", "get_model", "get_version",
     "mark_failed", "register", "retire", "rollback", "rollback_target",
 ]

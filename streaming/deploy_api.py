@@ -45,6 +45,7 @@ from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
 from inference import deployment
+from inference.deployment import DEPLOY_PERMISSION
 from inference.exceptions import (
     ArtifactTooLarge,
     DeploymentConflict,
@@ -58,8 +59,6 @@ from inference.uploads import max_artifact_bytes
 from .exceptions import DeployRefused
 from .models import APIKey, hash_key
 
-#: The Django permission a staff user needs, the same one the admin's deployment buttons need.
-DEPLOY_PERMISSION = "inference.change_modelversion"
 _CHALLENGE = 'Bearer realm="deploy", Basic realm="deploy"'
 
 
@@ -290,8 +289,6 @@ def register_version(request: HttpRequest, deployer: Deployer, name: str) -> Htt
     framework = params.get("framework") or ""
     schema = _schema(params)
     created = not MLModel.objects.filter(name=name).exists()
-    if created and deployer.models is not None:
-        raise DeployRefused("This API key may not create models.", status=403, code="forbidden")
     version = deployment.register(
         name, artifact, framework, activate=_flag(params.get("activate")), schema=schema,
         classes=_names(params.get("classes"), "classes"), filename=artifact.name or "", **_audit(request, deployer),

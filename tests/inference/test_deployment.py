@@ -229,6 +229,13 @@ def test_rollback_skips_versions_retired_since(three_versions):
     assert deployment.rollback("shop", **WHO).version == 1
 
 
+def test_rollback_reaches_a_version_activated_before_the_audit_existed(model_store, good):
+    legacy = deployment.register("shop", good, "sklearn", schema=SCHEMA, **WHO)
+    legacy.activate()  # as the demo loader and the migration from "ready" did, without an event
+    deployment.register("shop", good, "sklearn", activate=True, **WHO)
+    assert deployment.rollback("shop", **WHO).version == 1
+
+
 def test_rollback_without_an_earlier_active_version_is_refused(serving):
     with pytest.raises(DeploymentConflict, match="no earlier active version .* activate a version by its number"):
         deployment.rollback("shop", **WHO)
