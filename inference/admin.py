@@ -125,6 +125,13 @@ class MLModelAdmin(admin.ModelAdmin):
         # Added here rather than in ``inlines`` so that subclasses replacing the version inline keep the audit.
         return [*self.inlines, DeploymentEventInline] if obj is not None else []
 
+    def get_readonly_fields(self, request, obj=None):
+        fields = list(super().get_readonly_fields(request, obj))
+        if obj is not None and obj.versions.exists():
+            # Every version was validated against these: register a new model to change them.
+            fields += ["task", "inputs"]
+        return fields
+
     def get_form(self, request, obj=None, **kwargs):
         if obj is None:
             kwargs["form"] = MLModelCreationForm

@@ -62,6 +62,11 @@ def test_the_model_page_shows_each_version_its_reason_and_its_buttons(admin_clie
     assert "deployment events" in page.lower() and "registered" in page
 
 
+def test_a_models_schema_is_read_only_once_it_has_versions(admin_client, shop):
+    form = admin_client.get(url("change", shop.pk)).context["adminform"].form
+    assert "inputs" not in form.fields and "task" not in form.fields and "outputs" in form.fields
+
+
 def test_uploading_on_the_model_page_registers_and_activates(admin_client, admin_user, shop, good):
     with open(good, "rb") as handle:
         response = admin_client.post(url("upload", shop.pk), {"artifact": handle, "framework": "sklearn",
