@@ -8,7 +8,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 export PLATFORM_DATA_DIR ?= $(CURDIR)/data
 
-.PHONY: setup system-deps run serve test bench soak lint clean
+.PHONY: setup system-deps run serve test bench soak lint mutation clean
 
 $(VENV)/.installed: pyproject.toml frontend/package-lock.json
 	$(PYTHON) -m venv $(VENV)
@@ -64,6 +64,24 @@ soak: setup
 	$(PY) -m bench.soak --minutes $(SOAK_MINUTES) --connections $(BENCH_CONNECTIONS) \
 		--processes $(BENCH_PROCESSES) --encoding $(BENCH_ENCODING) \
 		--server-cpus=$(BENCH_SERVER_CPUS) --client-cpus=$(BENCH_CLIENT_CPUS) $(SOAK_ARGS)
+
+# Mutation testing (mutmut, configured in pyproject.toml): the batcher, the schema
+# check, the protocol and the document codec are changed one mutation at a time
+# and their unit tests run against each change; a mutant the tests miss
+# survives. Starts afresh each time (mutants/), then prints the score per module
+# (a mutant that made the tests time out counts as killed) and the survivors;
+# `$(VENV)/bin/mutmut show <name>` shows one of them.
+MUTATION_CHILDREN ?= $(shell nproc)
+mutation: setup
+	rm -rf mutants
+	$(VENV)/bin/mutmut run --max-children $(MUTATION_CHILDREN)
+	@$(VENV)/bin/mutmut results --all true | awk -F': ' ' \
+		{ name = $$1; sub(/^ +/, "", name); module = name; sub(/\.x(ǁ|_).*/, "", module); \
+		  total[module]++; all++; \
+		  if ($$2 == "killed" || $$2 == "timeout") { killed[module]++; dead++ } else { left = left "\n  " name ": " $$2 } } \
+		END { for (m in total) printf "%-20s %4d / %4d killed (%.1f%%)\n", m, killed[m], total[m], 100 * killed[m] / total[m]; \
+		      printf "%-20s %4d / %4d killed (%.1f%%)\n", "all", dead, all, 100 * dead / all; \
+		      if (left != "") printf "not killed:%s\n", left }'
 
 lint: setup
 	$(VENV)/bin/ruff check .
