@@ -212,6 +212,9 @@ def markdown(results: dict[str, Any]) -> str:
             _table(["function", "share"],
                    [[f"`{t['function']}`", f"{t['percent']:.1f}%"] for t in profile["top_inclusive"][:20]]),
         ]
+    swap = results.get("swap")
+    if swap:
+        parts += ["## Model swaps at half load\n", swap_summary(swap)]
     soak = results.get("soak")
     if soak:
         parts += ["## Latest soak\n", soak_summary(soak)]
@@ -243,6 +246,30 @@ def soak_summary(soak: dict[str, Any]) -> str:
         f"{rss['peak_mb']:.1f} MiB, trend {rss['slope_mb_per_min']:+.2f} MiB/min). Prediction log: "
         f"{check['records']:,} records for {check['answered']:,} answered requests, {check['missing']} missing, "
         f"{check['duplicates']} duplicated.\n"
+    )
+
+
+def swap_summary(swap: dict[str, Any]) -> str:
+    """The swap scenario (``bench.swap``): what ran, and what the clients and the processes showed."""
+    convergence, rss = swap["convergence_s"], swap["rss_mb"]
+    return (
+        f"{swap['processes']} server processes, {swap['channel_layer']} channel layer; iris 1-row requests in an "
+        f"open loop at {swap['rate_per_s']:.0f} req/s (half the {swap['max_requests_per_s']:.0f} req/s one "
+        f"process reached), {swap['swaps']} swaps {swap['interval_s']:g} s apart (a newly registered version "
+        f"activated, then rolled back, in turn). \"During a swap\": requests sent within {swap['window_s']:g} s "
+        "after its commit; convergence: from the commit until each process's probe connection was sent the "
+        "new catalog.\n\n"
+        + _table(
+            ["requests", "errors", "p50 / p99 steady ms", "p50 / p99 during swaps ms",
+             "commit -> every process s (median / max)", "RSS before -> after MiB", "loaded at the end",
+             "one model MiB"],
+            [[f"{swap['requests']:,}", _errors(swap["errors"]),
+              f"{_ms(swap['p50_steady_ms'])} / {_ms(swap['p99_steady_ms'])}",
+              f"{_ms(swap['p50_swap_ms'])} / {_ms(swap['p99_swap_ms'])}",
+              "-" if convergence["max"] is None else f"{convergence['median']:.3f} / {convergence['max']:.3f}",
+              ", ".join(f"{b:.1f} -> {a:.1f}" for b, a in zip(rss["before"], rss["after"], strict=True)),
+              "; ".join(", ".join(loaded) for loaded in swap["loaded_versions_after"]), f"{swap['model_mb']:.3f}"]],
+        )
     )
 
 

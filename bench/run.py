@@ -33,6 +33,10 @@ The platform is then profiled with py-spy under maximum load, and once it has
 stopped (SIGTERM: in-flight requests answered, log flushed) its prediction log
 is checked against every request its clients saw answered.
 
+Last, the swap scenario (``bench.swap``, about a minute; ``--swaps 0`` leaves
+it out): two platform processes at half load while model versions are
+activated and rolled back.
+
 Results go to ``bench-results/<timestamp>/`` (``results.json``,
 ``results.md``, ``latency_vs_throughput.png``, the profiles, server logs) and
 are copied to ``bench-results/latest/``.
@@ -52,7 +56,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import machine, pinning, procstats, report, servers
+from . import machine, pinning, procstats, report, servers, swap
 from .loadgen import LoadError, LoadResult, LoadSpec, format_line, run_load
 from .profiling import profile_under_load, py_spy
 
@@ -99,6 +103,8 @@ class Options:
     #: CPU lists in taskset's syntax, or "none" (see ``bench.pinning``).
     server_cpus: str = pinning.DEFAULT_SERVER_CPUS
     client_cpus: str = pinning.DEFAULT_CLIENT_CPUS
+    #: Swaps of the swap scenario; 0 leaves it out.
+    swaps: int = swap.SwapOptions.swaps
 
 
 def workload_name(model: str, rows: int) -> str:
@@ -237,6 +243,16 @@ class Comparison:
         self.profiles.append({"workload": workload_name(model, rows), "server": server.name, **summary})
 
 
+def run_swap_scenario(options: Options, run_dir: Path, placement: pinning.Pinning) -> dict[str, Any] | None:
+    """The swap scenario's results, or None (with the reason printed) if it could not run."""
+    print("bench: swap scenario", flush=True)
+    try:
+        return swap.scenario(swap.SwapOptions(swaps=options.swaps, encoding=options.encoding), run_dir, placement)
+    except (servers.ServerError, LoadError) as exc:
+        print(f"bench: the swap scenario failed: {exc}", file=sys.stderr, flush=True)
+        return None
+
+
 def run(options: Options) -> Path:
     placement = pinning.plan(options.server_cpus, options.client_cpus)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
@@ -260,6 +276,7 @@ def run(options: Options) -> Path:
             "half_load": options.half_load, "sweep": options.sweep, "profile_s": options.profile_s,
             "profile_workloads": [workload_name(*w) for w in options.profile_workloads],
             "servers": options.servers, "workloads": [workload_name(*w) for w in options.workloads],
+            "swaps": options.swaps,
         },
         "tuning": servers.tuning(),
         "pinning": placement.as_dict(),
@@ -274,6 +291,10 @@ def run(options: Options) -> Path:
         pinning.pin_current_process(placement.client_cpus)
         print(f"bench: {pinning.describe(placement.as_dict())}", flush=True)
         comparison.compare(prepared)
+        if options.swaps:
+            swap_results = run_swap_scenario(options, run_dir, placement)
+            if swap_results is not None:
+                results["swap"] = swap_results
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
         if not options.keep_data:
@@ -329,6 +350,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="model:rows pairs, e.g. iris:1,digits:32")
     parser.add_argument("--out", type=Path, default=defaults.out)
     parser.add_argument("--keep-data", action="store_true", help="keep the servers' data directories")
+    parser.add_argument("--swaps", type=int, default=defaults.swaps,
+                        help="swaps of the swap scenario (bench.swap); 0 leaves it out")
     parser.add_argument("--server-cpus", default=defaults.server_cpus,
                         help="CPUs every server and its children run on (taskset -c syntax, e.g. 0 or 0,2); none: any")
     parser.add_argument("--client-cpus", default=defaults.client_cpus,
@@ -348,7 +371,7 @@ def main(argv: list[str] | None = None) -> None:
         encoding=args.encoding, sweep=[float(f) for f in args.sweep.split(",") if f],
         profile_s=args.profile, servers=[s.strip() for s in args.servers.split(",") if s.strip()],
         workloads=pairs(args.workloads), profile_workloads=pairs(args.profile_workloads), out=args.out,
-        keep_data=args.keep_data, server_cpus=args.server_cpus, client_cpus=args.client_cpus,
+        keep_data=args.keep_data, server_cpus=args.server_cpus, client_cpus=args.client_cpus, swaps=args.swaps,
     )
     unknown = set(options.servers) - {name for name, _, _ in SERVERS}
     if unknown:

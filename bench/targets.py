@@ -27,6 +27,15 @@ SOAK_RSS_GROWTH_MAX = 0.05
 JOURNAL_COST_MAX = 0.05
 JOURNAL_P99_RATIO_MAX = 1.2
 
+# The swap scenario's (bench.swap): versions activated and rolled back at half load.
+SWAP_ERRORS_MAX = 0
+SWAP_P99_RATIO_MAX = 2.0
+#: From a commit until every server process serves it (the end-to-end test's bound).
+SWAP_CONVERGENCE_MAX_S = 2.0
+#: A server process's RSS may grow by one model (the standby kept loaded) and this much besides:
+#: its buffers and the allocator's arenas move by a few MiB under a steady load, swaps or not.
+SWAP_RSS_NOISE_MB = 4.0
+
 
 def find(results: dict[str, Any], server: str, kind: str, workload: str) -> dict[str, Any] | None:
     for run in results.get("runs", []):
@@ -139,6 +148,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             add("journal: p99 at half load within 1.2x of the journal off", workload, ratio, JOURNAL_P99_RATIO_MAX,
                 passed, f"{abs(JOURNAL_P99_RATIO_MAX - ratio):.2f}x",
                 f"{ratio:.2f}x ({on['latency_ms']['p99']:.1f} vs {off['latency_ms']['p99']:.1f} ms)")
+    verdicts += swap_targets(results.get("swap"))
     soak = results.get("soak")
     if soak:
         growth = soak["rss"]["growth"]
@@ -154,3 +164,37 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     return verdicts
 
 
+
+
+def swap_targets(swap: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The swap scenario's targets: no errors, p99 during swaps, convergence, RSS after ten swaps."""
+    if not swap:
+        return []
+    verdicts: list[dict[str, Any]] = []
+    workload = f"iris x1, {swap['processes']} processes, {swap['swaps']} swaps"
+
+    def add(target: str, value: float, threshold: float, passed: bool, margin: str, result: str) -> None:
+        verdicts.append({"target": target, "workload": workload, "value": round(value, 4), "threshold": threshold,
+                         "pass": passed, "result": result, "verdict": _verdict(passed, margin)})
+
+    errors = sum(swap["errors"].values())
+    add("swaps at half load: no request fails", errors, SWAP_ERRORS_MAX, errors <= SWAP_ERRORS_MAX,
+        f"{abs(errors - SWAP_ERRORS_MAX)} requests", f"{errors} errors in {swap['requests']:,} requests")
+    steady, during = swap["p99_steady_ms"], swap["p99_swap_ms"]
+    if steady and during:
+        ratio = during / steady
+        add("swaps: p99 during a swap <= 2x steady state", ratio, SWAP_P99_RATIO_MAX, ratio <= SWAP_P99_RATIO_MAX,
+            f"{abs(SWAP_P99_RATIO_MAX - ratio):.2f}x", f"{ratio:.2f}x ({during:.1f} vs {steady:.1f} ms)")
+    slowest = swap["convergence_s"]["max"]
+    add("swaps: every process serves a new version within 2 s of its commit",
+        float("nan") if slowest is None else slowest, SWAP_CONVERGENCE_MAX_S,
+        slowest is not None and slowest <= SWAP_CONVERGENCE_MAX_S,
+        "-" if slowest is None else f"{abs(SWAP_CONVERGENCE_MAX_S - slowest):.2f} s",
+        "a process never served one" if slowest is None else
+        f"slowest {slowest:.3f} s, median {swap['convergence_s']['median']:.3f} s")
+    growth, allowed = swap["rss_mb"]["growth"], swap["model_mb"] + SWAP_RSS_NOISE_MB
+    add(f"swaps: RSS after {swap['swaps']} swaps grows by at most one model (+{SWAP_RSS_NOISE_MB:g} MiB noise)",
+        growth, allowed, growth <= allowed, f"{abs(allowed - growth):.1f} MiB",
+        f"{growth:+.1f} MiB (one model {swap['model_mb']:.3f} MiB); loaded at the end: "
+        + "; ".join(", ".join(loaded) for loaded in swap["loaded_versions_after"]))
+    return verdicts
