@@ -258,15 +258,15 @@ class DynamicBatcher:
 
     async def _run(self, batch: list[_Pending]) -> None:
         loop = asyncio.get_running_loop()
-        if len(batch) == 1:
-            inputs = batch[0].rows
-        else:
-            inputs = np.concatenate([pending.rows for pending in batch])
-        total = inputs.shape[0]
+        total = sum(pending.rows.shape[0] for pending in batch)
         self.in_flight_rows = total
         started = time.perf_counter()
         try:
+            inputs = batch[0].rows if len(batch) == 1 else np.concatenate([pending.rows for pending in batch])
             outputs = await loop.run_in_executor(self.executor, self.call, inputs)
+            # A runtime that breaks its contract fails its batch's requests, not the worker.
+            if not isinstance(outputs, np.ndarray) or outputs.ndim == 0:
+                raise ModelCallFailed(f"{self.name} returned {type(outputs).__name__}, not an array of outputs.")
             if len(outputs) != total:
                 raise ModelCallFailed(
                     f"{self.name} returned {len(outputs)} output rows for a batch of {total}."

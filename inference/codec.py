@@ -33,7 +33,8 @@ def loads_msgpack(data: bytes) -> Any:
     except msgpack.StackError:
         raise DecodeError("The frame is not valid MessagePack: it is nested too deeply.") from None
     except Exception as exc:
-        raise DecodeError(f"The frame is not valid MessagePack: {exc or type(exc).__name__}.") from None
+        reason = str(exc).rstrip(".") or type(exc).__name__
+        raise DecodeError(f"The frame is not valid MessagePack: {reason}.") from None
 
 
 def _reject_constant(name: str) -> Any:

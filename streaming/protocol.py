@@ -20,7 +20,7 @@ from inference.outcomes import Outcome
 PROTOCOL_VERSION = 1
 MAX_ID_LENGTH = 128
 # Integer ids are echoed as they came; beyond 64 bits MessagePack cannot carry them.
-_MAX_INT_ID = 2**63 - 1
+_MIN_INT_ID, _MAX_INT_ID = -(2**63), 2**63 - 1
 
 REQUEST_TYPES = frozenset({"predict", "ping", "models", "auth"})
 
@@ -84,7 +84,7 @@ def request_id(body: dict[str, Any]) -> Any:
             raise ProtocolError(Outcome.INVALID_REQUEST, "id must be valid Unicode text (no lone surrogates).")
         return rid
     if type(rid) is int:
-        if abs(rid) > _MAX_INT_ID:
+        if not _MIN_INT_ID <= rid <= _MAX_INT_ID:
             raise ProtocolError(Outcome.INVALID_REQUEST, "An integer id must fit in 64 bits.")
         return rid
     raise ProtocolError(Outcome.INVALID_REQUEST, "id must be a string or an integer.")

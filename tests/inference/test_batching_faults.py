@@ -80,6 +80,22 @@ async def test_a_model_returning_the_wrong_number_of_rows_fails_the_batch(make_b
         assert str(failed) == "fake v1 returned 5 output rows for a batch of 6."
 
 
+@pytest.mark.parametrize("broken_output", [lambda batch: batch.sum(axis=1).tolist(), lambda batch: 7.0],
+                         ids=["a-list", "a-number"])
+async def test_a_model_returning_no_array_fails_its_batch_and_the_batcher_serves_on(make_batcher, model,
+                                                                                   broken_output):
+    broken = make_batcher(broken_output, name="broken v1")
+    outcomes = await answers(*[broken.submit(rows_for(i), timeout_s=10) for i in range(3)], return_exceptions=True)
+    assert all(isinstance(failed, ModelCallFailed) for failed in outcomes), outcomes
+    assert "not an array of outputs" in str(outcomes[0])
+    # Its worker is still there: the next request is answered (with the same failure).
+    (again,) = await answers(broken.submit(rows_for(5), timeout_s=10), return_exceptions=True)
+    assert isinstance(again, ModelCallFailed)
+    serving = make_batcher(model)
+    (result,) = await answers(serving.submit(rows_for(9), timeout_s=10))
+    assert result.outputs.tolist() == [9 + 0.0 + 1000.0]
+
+
 async def test_an_observer_that_raises_does_not_break_serving(make_batcher, model, caplog):
     def broken_observer(stats: BatchStats) -> None:
         raise RuntimeError("the metrics backend is down")
