@@ -130,7 +130,10 @@ class ModelSync:
             self.request()
             if time.monotonic() - rejoined >= REJOIN_INTERVAL_S and self._channel is not None:
                 rejoined = time.monotonic()
-                await self._join(self._channel, quiet=True)
+                try:
+                    await self._join(self._channel)
+                except Exception:  # the listener reports a channel layer that is down
+                    pass
 
     async def _listen(self) -> None:
         layer = get_channel_layer()
@@ -142,8 +145,7 @@ class ModelSync:
             try:
                 if self._channel is None:
                     self._channel = await layer.new_channel()
-                if not await self._join(self._channel, quiet=False):
-                    raise ConnectionError("could not join the group")
+                await self._join(self._channel)
                 delay = RETRY_MIN_S
                 while True:
                     message = await layer.receive(self._channel)
@@ -154,26 +156,21 @@ class ModelSync:
             except Exception as exc:
                 self._failures += 1
                 if self._failures == 1 or self._failures % 20 == 0:
-                    logger.warning("Model-change messages are not reaching this process (%s); retrying in %.1f s, "
-                                   "the periodic reconcile goes on", exc, delay)
+                    logger.warning("Model-change messages are not reaching this process (%s: %s); retrying in "
+                                   "%.1f s, the periodic reconcile goes on", type(exc).__name__, exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX_S)
 
-    async def _join(self, channel: str, *, quiet: bool) -> bool:
+    async def _join(self, channel: str) -> None:
+        """Join (or join again) the group; raises when the channel layer does not answer in time."""
         layer = get_channel_layer()
-        try:
-            async with asyncio.timeout(ANNOUNCE_TIMEOUT_S):
-                await layer.group_add(self.group, channel)
-        except Exception as exc:
-            if not quiet:
-                logger.debug("Could not join the group %s: %s", self.group, exc)
-            return False
+        async with asyncio.timeout(ANNOUNCE_TIMEOUT_S):
+            await layer.group_add(self.group, channel)
         if self._failures:
             logger.info("Listening for model changes again after %d failures", self._failures)
             self._failures = 0
             # Messages may have been missed meanwhile.
             self.request()
-        return True
 
 
 #: This server process's sync, once started.
@@ -234,5 +231,5 @@ async def _send(message: dict[str, Any]) -> None:
         async with asyncio.timeout(ANNOUNCE_TIMEOUT_S):
             await layer.group_send(GROUP, message)
     except Exception as exc:
-        logger.warning("Could not tell the server processes that %s changed (%s); they reconcile within "
-                       "PLATFORM_MODEL_RECONCILE_S anyway", message.get("model"), exc)
+        logger.warning("Could not tell the server processes that %s changed (%s: %s); they reconcile within "
+                       "PLATFORM_MODEL_RECONCILE_S anyway", message.get("model"), type(exc).__name__, exc)
