@@ -110,6 +110,10 @@ class InferenceService:
             self._models = models
             self._registry = registry
             self.loaded_at = time.time()
+        for name, served in models.items():
+            active = served.versions.get(served.active_version) if served.active_version is not None else None
+            if active is not None and active.ready:
+                swaps.swap_fact(SwapFact(SwapStep.ACTIVATED, name, active.version))
 
     def _load_row(self, row: ModelVersion | None, registered: RegisteredModel, number: int) -> ServedVersion:
         if row is None:

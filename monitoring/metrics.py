@@ -401,8 +401,6 @@ def refresh() -> None:
     source = _serving_state
     if source is not None:
         for model in source():
-            if model.active_version is not None:
-                MODEL_ACTIVE_VERSION.labels(model.name).set(model.active_version)
             for version in model.versions:
                 if version.loaded:
                     _batch_series_for(model.name, version.version)[3](version.queue_depth)

@@ -97,6 +97,13 @@ async def test_the_scrape_and_the_dashboard_follow_the_active_version(pool, depl
     states = livestats.aggregator.snapshot()["models"]
     assert states["iris"]["active_version"] == 2
     assert states["iris"]["loaded_versions"] == [1, 2] and states["iris"]["failed_versions"] == []
-    metrics.MODEL_ACTIVE_VERSION.labels("iris").set(0)
-    metrics.refresh()
     assert sample("platform_model_active_version", model="iris") == 2
+
+
+async def test_a_process_that_starts_reports_its_active_versions(pool, deploy):
+    await deploy(1.0)
+    await deploy(0.01)
+    metrics.MODEL_ACTIVE_VERSION.labels("iris").set(0)
+    await database_sync_to_async(pool.load_all)()
+    assert sample("platform_model_active_version", model="iris") == 2
+    assert [state.version for state in serving_state()[0].versions if state.loaded] == [2]
