@@ -1,4 +1,9 @@
-"""The in-process inference pool: every loaded model version behind its own dynamic batcher."""
+"""The in-process inference pool: every loaded model version behind its own dynamic batcher.
+
+The pool follows the registry: ``reconcile()`` swaps versions in and out while
+it serves (the rules are in ``inference.reconcile``); it tells observers it
+does not know what changed (``inference.swaps``).
+"""
 
 from __future__ import annotations
 
