@@ -8,13 +8,9 @@ version and outcome, never a key, a client or a request id:
 - ``version`` is a version number of that model, or ``""``;
 - ``outcome`` is ``"ok"`` or one of the protocol's error codes.
 
-Several processes: when ``PROMETHEUS_MULTIPROC_DIR`` is set, prometheus_client
-keeps every process's values in files under that directory and ``/metrics``
-adds them up (``monitoring.views``). prometheus_client reads the variable once,
-when it is first imported, so it must be in the environment before the
-process starts (``manage.py`` or daphne), never set from Python; the
-directory must be empty when the first process starts, and shared by the
-processes of one deployment only.
+Several processes: when ``PROMETHEUS_MULTIPROC_DIR`` is set, every process's
+values are kept in files under it and ``/metrics`` adds them up
+(``monitoring.views``, ``monitoring.multiprocess``).
 """
 
 from __future__ import annotations
@@ -22,27 +18,25 @@ from __future__ import annotations
 import asyncio
 import atexit
 import logging
-import os
 import threading
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-from django.core.exceptions import ImproperlyConfigured
 from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
     disable_created_metrics,
-    multiprocess,
-    values,
 )
 
 from inference import outcomes, served
 from inference.outcomes import Outcome
 from inference.swaps import SwapFact, SwapStep
 
-from . import events
+from . import bulk_observe, events
+from .bulk_observe import observe_many
+from .multiprocess import check_mode as _check_mode
+from .multiprocess import mark_process_dead, multiprocess_dir
 
 if TYPE_CHECKING:
     from inference.batching import BatchStats
@@ -222,24 +216,6 @@ class RequestSeries:
             observe_many(self.duration, durations, 0.001)
         if waits:
             observe_many(self.queue_wait, waits, 0.001)
-
-
-def observe_many(histogram: Histogram, amounts: list[float], scale: float = 1.0) -> None:
-    """``histogram.observe(amount * scale)`` for every amount, with one ``inc`` per bucket that moved.
-
-    prometheus_client keeps a histogram child's buckets uncumulated, one
-    value per upper bound, and its sum in another: the same values its
-    ``observe`` moves (``tests/monitoring/test_metrics.py`` checks that both
-    ways give the same exposition).
-    """
-    values_s = np.asarray(amounts, dtype=np.float64) * scale
-    bounds = histogram._upper_bounds
-    # Prometheus buckets are "less than or equal": the first bound >= the value.
-    counts = np.bincount(np.searchsorted(bounds, values_s, side="left"), minlength=len(bounds))
-    histogram._sum.inc(float(values_s.sum()))
-    buckets = histogram._buckets
-    for index in np.flatnonzero(counts).tolist():
-        buckets[index].inc(int(counts[index]))
 
 
 BatchSeries = tuple[Callable[[float], None], Callable[[float], None], Callable[[float], None],
@@ -435,33 +411,6 @@ def _flush_where_observed(timeout_s: float = 1.0) -> None:
 # -- installation ----------------------------------------------------------------------
 
 
-def multiprocess_dir() -> str | None:
-    """The directory shared by the processes of this deployment, or None in single-process mode."""
-    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
-
-
-def _check_mode() -> None:
-    configured = multiprocess_dir() is not None
-    active = bool(getattr(values.ValueClass, "_multiprocess", False))
-    if configured and not active:
-        raise ImproperlyConfigured(
-            "PROMETHEUS_MULTIPROC_DIR is set, but prometheus_client was imported before it was: "
-            "set it in the environment before the process starts, not from Python."
-        )
-    if active and not configured:
-        raise ImproperlyConfigured(
-            "prometheus_client runs in multiprocess mode, but PROMETHEUS_MULTIPROC_DIR is no longer set: "
-            "set it in the environment before the process starts and leave it there."
-        )
-
-
-def mark_process_dead() -> None:
-    """Drop this process's live gauges from the multiprocess directory; its counters stay in the totals."""
-    path = multiprocess_dir()
-    if path is not None and os.path.isdir(path):
-        multiprocess.mark_process_dead(os.getpid(), path)
-
-
 async def shutdown() -> None:
     """Called when the server shuts down, after the connections were drained: the last numbers go out."""
     flush()
@@ -483,6 +432,7 @@ def install(serving_state: ServingState | None = None) -> None:
     if _installed:
         return
     _check_mode()
+    bulk_observe.check_internals()
     # _created series double the counters in the text format, and no query
     # of this project uses them.
     disable_created_metrics()

@@ -319,3 +319,21 @@ def test_a_multiprocess_dir_set_after_prometheus_client_was_imported_is_refused(
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     with pytest.raises(ImproperlyConfigured, match="before the process starts"):
         metrics._check_mode()
+
+
+def test_bulk_observation_fails_loudly_when_prometheus_client_lacks_an_internal(monkeypatch):
+    from prometheus_client import Histogram
+
+    from monitoring import bulk_observe
+
+    bulk_observe.check_internals()  # the pinned release has them
+    original_init = Histogram.__init__
+
+    def without_sum(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        if hasattr(self, "_sum"):
+            del self._sum
+
+    monkeypatch.setattr(Histogram, "__init__", without_sum)
+    with pytest.raises(RuntimeError, match="_sum"):
+        bulk_observe.check_internals()
