@@ -118,8 +118,9 @@ def test_allowed_cpus_are_read_per_process(shell):
     parent = shell(f"taskset -c {cpu} {sys.executable} -c 'import time; time.sleep(60)' & wait")
     wait_for(lambda: len(procstats.process_tree(parent.pid)) == 2)
     child = procstats.process_tree(parent.pid)[1]
-    # taskset sets the affinity, then execs Python: read only once Python runs.
-    wait_for(lambda: b"time.sleep" in Path(f"/proc/{child}/cmdline").read_bytes())
+    # The shell forks, the child execs taskset, which sets the affinity and execs
+    # Python: read only once Python runs (the fork's command line is the shell's).
+    wait_for(lambda: Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")[0] == sys.executable.encode())
 
     allowed = procstats.tree_allowed_cpus(parent.pid)
     assert allowed[child] == [cpu]
