@@ -35,7 +35,7 @@ import threading
 import time
 import urllib.request
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -308,6 +308,11 @@ def _under_load(options: SwapOptions, started: list[servers.Server], driver: Dri
     maximum = run_load(base, server_pid=started[0].pid, client_cpus=placement.client_cpus).summary()
     print(f"swap: maximum of one process {format_line(maximum)}", flush=True)
     servers.wait_idle(started[0].pid)
+    # The other processes get the same warm-up, so that the RSS "before" the swaps is each
+    # process's after a full load (allocator pools, caches) and what grows after is the swaps'.
+    for server in started[1:]:
+        run_load(replace(base, url=server.url), server_pid=server.pid, client_cpus=placement.client_cpus)
+        servers.wait_idle(server.pid)
     rate = options.fraction * maximum["requests_per_s"]
     probes = [Probe(server.url) for server in started]
     listeners = [probe.start() for probe in probes]
