@@ -30,8 +30,8 @@ from tests.support.redis_server import claimed_redis_database, redis_server_url
 if TYPE_CHECKING:
     from inference.demo import TrainedModel
 
-# Fixtures of the live statistics, shared by the monitoring and the dashboard tests.
-pytest_plugins = ["tests.monitoring.livestats_fixtures"]
+# Fixtures shared across folders: live statistics (monitoring, dashboard), deploying versions.
+pytest_plugins = ["tests.monitoring.livestats_fixtures", "tests.support.deploying"]
 
 REAL_SERVICE_FIXTURES = {
     "redis_url", "redis_proc", "postgres_url", "postgres_cluster",

@@ -2,48 +2,18 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
-import skops.io
 from channels.db import database_sync_to_async
 from prometheus_client import REGISTRY
-from sklearn.datasets import load_iris
-from sklearn.linear_model import LogisticRegression
 
-import inference.service as service_module
 from inference import deployment
 from inference.artifacts import artifact_path
-from inference.models import ModelVersion
-from inference.service import InferenceService
 from monitoring import livestats, metrics
 from platform_core import wiring
 from platform_core.wiring import serving_state
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-
-@pytest.fixture
-def pool(model_store, monkeypatch):
-    pool = InferenceService()
-    monkeypatch.setattr(service_module, "_service", pool)
-    yield pool
-    pool.shutdown()
-
-
-@pytest.fixture
-def deploy(tmp_path):
-    iris = load_iris()
-    labels = np.asarray(iris.target_names)[iris.target]
-
-    @database_sync_to_async
-    def register(c: float, *, activate: bool = True) -> ModelVersion:
-        path = tmp_path / f"iris-{c}.skops"
-        skops.io.dump(LogisticRegression(C=c, max_iter=2000).fit(iris.data, labels), path)
-        schema = deployment.ModelSchema(task="classification", inputs=[f"f{i}" for i in range(4)], outputs="label")
-        return deployment.register("iris", path, "sklearn", actor="test", source="command", activate=activate,
-                                   schema=schema)
-
-    return register
 
 
 def sample(name: str, **labels: str) -> float:
@@ -54,10 +24,10 @@ async def test_metrics_count_swaps_loads_and_failures(pool, deploy):
     swaps_before = sample("platform_model_swaps_total", model="iris")
     loads_before = sample("platform_model_load_seconds_count", model="iris")
     failures_before = sample("platform_model_load_failures_total", model="iris", stage="load")
-    await deploy(1.0)
+    await deploy("iris", 1.0)
     await pool.reconcile()
     assert sample("platform_model_active_version", model="iris") == 1
-    await deploy(0.01)
+    await deploy("iris", 0.01)
     await pool.reconcile()
     assert sample("platform_model_active_version", model="iris") == 2
     assert sample("platform_model_swaps_total", model="iris") == swaps_before + 1
@@ -65,7 +35,7 @@ async def test_metrics_count_swaps_loads_and_failures(pool, deploy):
     assert sample("platform_model_load_seconds_sum", model="iris") > 0
 
     # A file that changed behind the registry's back fails to load in the server process.
-    version = await deploy(100.0, activate=False)
+    version = await deploy("iris", 100.0, activate=False)
     artifact_path(version.artifact).write_bytes(b"changed")
     # Activated without the deployment's own check, as if the file changed right after it.
     await database_sync_to_async(version.activate)()
@@ -75,7 +45,7 @@ async def test_metrics_count_swaps_loads_and_failures(pool, deploy):
 
 
 async def test_a_version_refused_by_validation_is_counted(pool, deploy, tmp_path):
-    await deploy(1.0)
+    await deploy("iris", 1.0)
     await pool.reconcile()
     before = sample("platform_model_load_failures_total", model="iris", stage="validation")
     bad = tmp_path / "bad.skops"
@@ -86,9 +56,9 @@ async def test_a_version_refused_by_validation_is_counted(pool, deploy, tmp_path
 
 
 async def test_the_scrape_and_the_dashboard_follow_the_active_version(pool, deploy, monkeypatch):
-    await deploy(1.0)
+    await deploy("iris", 1.0)
     await pool.reconcile()
-    await deploy(0.01)
+    await deploy("iris", 0.01)
     await pool.reconcile()
     [iris] = serving_state()
     assert iris.active_version == 2
@@ -101,8 +71,8 @@ async def test_the_scrape_and_the_dashboard_follow_the_active_version(pool, depl
 
 
 async def test_a_process_that_starts_reports_its_active_versions(pool, deploy):
-    await deploy(1.0)
-    await deploy(0.01)
+    await deploy("iris", 1.0)
+    await deploy("iris", 0.01)
     metrics.MODEL_ACTIVE_VERSION.labels("iris").set(0)
     await database_sync_to_async(pool.load_all)()
     assert sample("platform_model_active_version", model="iris") == 2
