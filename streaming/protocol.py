@@ -43,22 +43,18 @@ class Frame:
     """One decoded client frame."""
 
     body: dict[str, Any]
-    binary: bool
-    size: int
 
 
 def decode(text: str | None, data: bytes | None) -> Frame:
     """Parse a text (JSON) or binary (MessagePack) frame into a dict."""
     if text is not None:
         binary = False
-        size = len(text)
         try:
             body = loads_json(text)
         except DecodeError as exc:
             raise ProtocolError(Outcome.INVALID_JSON, str(exc)) from None
     elif data is not None:
         binary = True
-        size = len(data)
         try:
             body = loads_msgpack(data)
         except DecodeError as exc:
@@ -68,7 +64,7 @@ def decode(text: str | None, data: bytes | None) -> Frame:
     if type(body) is not dict:
         kind = "MessagePack map" if binary else "JSON object"
         raise ProtocolError(Outcome.INVALID_JSON, f"The frame must be a {kind}.")
-    return Frame(body, binary, size)
+    return Frame(body)
 
 
 def request_id(body: dict[str, Any]) -> Any:

@@ -30,20 +30,12 @@ def test_this_is_version_1_with_ids_of_at_most_128_characters():
 
 def test_a_text_frame_is_a_json_object():
     text = '{"id": "c-17", "inputs": [[5.1, 3.5]], "model": "iris"}'
-    assert protocol.decode(text, None) == Frame(
-        body={"id": "c-17", "inputs": [[5.1, 3.5]], "model": "iris"}, binary=False, size=len(text)
-    )
+    assert protocol.decode(text, None) == Frame(body={"id": "c-17", "inputs": [[5.1, 3.5]], "model": "iris"})
 
 
 def test_a_binary_frame_is_a_messagepack_map():
     data = msgpack.packb({"id": 17, "inputs": [[5.1, 3.5]], "blob": b"\x00\xff"}, use_bin_type=True)
-    assert protocol.decode(None, data) == Frame(
-        body={"id": 17, "inputs": [[5.1, 3.5]], "blob": b"\x00\xff"}, binary=True, size=len(data)
-    )
-
-
-def test_the_size_of_a_text_frame_counts_characters():
-    assert protocol.decode('{"model": "été"}', None).size == 16
+    assert protocol.decode(None, data) == Frame(body={"id": 17, "inputs": [[5.1, 3.5]], "blob": b"\x00\xff"})
 
 
 @pytest.mark.parametrize(
