@@ -47,6 +47,8 @@ class PredictionEvent:
     #: dashboard: the name and number where the server serves them, ``""``
     #: otherwise (a made-up name must not grow a metric or a table).
     labels: tuple[str, str] = ("", "")
+    #: Which protocol the request came by: "websocket" or "http" (the Open Inference Protocol).
+    protocol: str = "websocket"
 
 
 PredictionSink = Callable[[PredictionEvent], None]

@@ -1,5 +1,8 @@
 """ASGI entry point: HTTP goes to Django, WebSockets to the streaming consumers.
 
+HTTP under ``/v2`` (the Open Inference Protocol) is answered by
+``streaming.oip`` in front of Django, without Django's request machinery.
+
 Importing this module loads and warms up every active model version before the
 server starts accepting connections (daphne imports the application first), so
 the platform reports ready only when its models can answer.
@@ -17,11 +20,17 @@ django_asgi_app = get_asgi_application()
 from channels.routing import ProtocolTypeRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 
+from platform_core.lifecycle import on_shutdown  # noqa: E402
 from platform_core.routing import websocket_application  # noqa: E402
+from streaming.oip.app import OpenInferenceApp  # noqa: E402
+
+open_inference_app = OpenInferenceApp(django_asgi_app)
+# Before the WebSocket connections drain (order 10): from then on /v2/health/ready says 503.
+on_shutdown(open_inference_app.drain, order=9)
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        "http": open_inference_app,
         "websocket": websocket_application,
     }
 )
