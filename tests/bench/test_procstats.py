@@ -101,10 +101,18 @@ def test_cpu_time_of_a_process_that_is_gone_is_an_error(shell):
         procstats.tree_cpu_s(process.pid)
 
 
+def python_child(parent_pid: int) -> int:
+    """The shell's one child, once it runs Python: the shell forks, and the fork execs (taskset, then) Python;
+    until then the child's command line is the shell's."""
+    wait_for(lambda: len(procstats.process_tree(parent_pid)) == 2)
+    child = procstats.process_tree(parent_pid)[1]
+    wait_for(lambda: Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")[0] == sys.executable.encode())
+    return child
+
+
 def test_rss_adds_up_the_tree(shell):
     parent = shell(f"{sys.executable} -c 'import time; time.sleep(60)' & wait")
-    wait_for(lambda: len(procstats.process_tree(parent.pid)) == 2)
-    child = procstats.process_tree(parent.pid)[1]
+    child = python_child(parent.pid)
 
     # A Python interpreter holds several MiB, a shell much less; the sum holds both.
     assert procstats.tree_rss_mb(parent.pid) > procstats.tree_rss_mb(child) > 3.0
@@ -116,11 +124,7 @@ def test_rss_adds_up_the_tree(shell):
 def test_allowed_cpus_are_read_per_process(shell):
     cpu = min(os.sched_getaffinity(0))
     parent = shell(f"taskset -c {cpu} {sys.executable} -c 'import time; time.sleep(60)' & wait")
-    wait_for(lambda: len(procstats.process_tree(parent.pid)) == 2)
-    child = procstats.process_tree(parent.pid)[1]
-    # The shell forks, the child execs taskset, which sets the affinity and execs
-    # Python: read only once Python runs (the fork's command line is the shell's).
-    wait_for(lambda: Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")[0] == sys.executable.encode())
+    child = python_child(parent.pid)
 
     allowed = procstats.tree_allowed_cpus(parent.pid)
     assert allowed[child] == [cpu]
