@@ -42,6 +42,8 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 PREFIX = "/v2"
 PROTOCOL = "http"
+#: Why a response never reached the client, as the prediction log keeps it.
+NOT_DELIVERED = "Not delivered: the connection had closed before the response could be sent."
 
 
 def _json_response_headers(length: int, extra: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
@@ -75,6 +77,17 @@ async def read_body(scope: Scope, receive: Receive, limit_bytes: int) -> bytes |
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
+
+
+async def _delivered(send: Send, status: int, body: dict[str, Any],
+                     headers: Sequence[tuple[bytes, bytes]] = ()) -> bool:
+    """Send a response; False when it could not be (the client had gone)."""
+    try:
+        await respond(send, status, body, headers)
+    except Exception:  # the server's error for a closed connection: nothing to answer
+        logger.info("Could not send an infer response (%d): the connection had closed", status)
+        return False
+    return True
 
 
 class OpenInferenceApp:
@@ -181,12 +194,15 @@ class OpenInferenceApp:
         try:
             await self._serve(scope, receive, send, service, request)
         except HttpError as exc:
-            await respond(send, exc.status, {"error": exc.message}, exc.headers())
-            request.report(exc.code, error=exc.message)
+            if await _delivered(send, exc.status, {"error": exc.message}, exc.headers()):
+                request.report(exc.code, error=exc.message)
+            else:
+                request.report(Outcome.NOT_DELIVERED, error=f"{NOT_DELIVERED} The reply was {exc.code}: {exc.message}")
         except Exception:
             logger.exception("An infer request to %s failed", model)
-            await respond(send, 500, {"error": "The server failed on this request."})
-            request.report(Outcome.INTERNAL, error="The server failed on this request.")
+            message = "The server failed on this request."
+            delivered = await _delivered(send, 500, {"error": message})
+            request.report(Outcome.INTERNAL if delivered else Outcome.NOT_DELIVERED, error=message)
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send, service: InferenceService,
                      request: _InferRequest) -> None:
@@ -245,7 +261,10 @@ class OpenInferenceApp:
             reply["id"] = request.rid
         reply["parameters"] = {"batch_size": result.batch_size}
         reply["outputs"] = codec.output_tensors(entry, result.outputs, names)
-        await respond(send, 200, reply)
+        if not await _delivered(send, 200, reply):
+            request.report(Outcome.NOT_DELIVERED, outputs=outputs, error=f"{NOT_DELIVERED} The reply was a prediction.",
+                           total_ms=total_ms, batch_size=result.batch_size)
+            return
         request.report(Outcome.OK, outputs=outputs, queue_ms=result.queue_ms, inference_ms=result.inference_ms,
                        total_ms=total_ms, batch_size=result.batch_size)
 

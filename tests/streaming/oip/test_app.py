@@ -152,3 +152,19 @@ async def test_the_body_is_read_in_pieces_and_reading_stops_at_the_limit():
     with pytest.raises(HttpError) as caught:
         await read_body({"headers": []}, receive, limit_bytes=4500)
     assert caught.value.status == 413 and sent == 5
+
+
+async def test_a_response_that_cannot_be_sent_is_reported_not_delivered(app, service, api_key, reported):
+    key = await known_key(app, api_key)
+
+    async def receive():
+        return {"type": "http.request", "body": json.dumps(infer([IRIS_ROW], rid="gone")).encode()}
+
+    async def send(message):
+        raise OSError("the connection had closed")
+
+    scope = {"type": "http", "method": "POST", "path": "/v2/models/iris/infer", "query_string": b"",
+             "headers": [(b"authorization", f"Bearer {key}".encode())]}
+    await app(scope, receive, send)
+    assert [(e.request_id, e.outcome, e.protocol) for e in reported] == [("gone", "not_delivered", "http")]
+    assert "closed before the response" in reported[0].error
