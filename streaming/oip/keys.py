@@ -48,6 +48,10 @@ class KeyCache:
         self._lookups[raw_key] = _Lookup(client, time.monotonic() + settings.PLATFORM_KEY_CHECK_INTERVAL_S)
         return client
 
+    def __len__(self) -> int:
+        """How many keys' lookups are remembered."""
+        return len(self._lookups)
+
     def clear(self) -> None:
         self._lookups.clear()
 
