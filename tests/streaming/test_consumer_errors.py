@@ -307,3 +307,24 @@ async def test_refused_requests_are_reported_with_the_model_version_they_resolve
     good = by_id["good"]
     assert (good.outcome, good.version) == ("ok", 1) and good.batch_size >= 1
     assert good.outputs[0]["label"] == "setosa" and good.total_ms >= good.inference_ms > 0
+
+
+async def test_a_frame_after_the_drain_began_is_answered_overloaded_and_accepted_ones_before_1001(
+        service, api_key, controlled):
+    from streaming.draining import drain_connections
+
+    controlled.release.clear()
+    async with connected(key=api_key()) as ws:
+        await ws.send_json_to({"id": "before", "model": "test-controlled", "inputs": [[1, 2]]})
+        await asyncio.sleep(0.05)  # read and queued: accepted before the drain
+        draining = asyncio.ensure_future(drain_connections())
+        await asyncio.sleep(0.05)
+        await ws.send_json_to({"id": "after", "model": "test-controlled", "inputs": [[3, 4]]})
+        refused = await expect_error(ws, "overloaded", rid="after")
+        assert refused["error"]["retry_after_ms"] >= 1
+        assert "shutting down" in refused["error"]["message"]
+        controlled.release.set()
+        served = await ws.receive_json_from(timeout=5)
+        assert served["type"] == "prediction" and served["id"] == "before", served
+        assert await ws.receive_output(timeout=5) == {"type": "websocket.close", "code": 1001}
+        await asyncio.wait_for(draining, 10)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pytest
 import skops.io
@@ -9,10 +11,11 @@ from channels.db import database_sync_to_async
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 
-import inference.service as service_module
-from inference import deployment
-from inference.models import ModelVersion
-from inference.service import InferenceService
+if TYPE_CHECKING:
+    from inference.models import ModelVersion
+
+# Loaded as a pytest plugin (tests/conftest.py), before Django's apps are: the
+# registry's modules are imported inside the fixtures.
 
 FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 
@@ -20,6 +23,9 @@ FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 @pytest.fixture
 def pool(model_store, monkeypatch):
     """An empty pool as the process-wide one; it follows the registry when the test reconciles it."""
+    import inference.service as service_module
+    from inference.service import InferenceService
+
     pool = InferenceService()
     monkeypatch.setattr(service_module, "_service", pool)
     yield pool
@@ -32,6 +38,8 @@ def deploy(tmp_path):
 
     Active unless ``activate=False``; ``c`` (the regularisation) makes versions answer differently.
     """
+    from inference import deployment
+
     iris = load_iris()
     labels = np.asarray(iris.target_names)[iris.target]
 
