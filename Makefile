@@ -66,11 +66,12 @@ soak: setup
 		--server-cpus=$(BENCH_SERVER_CPUS) --client-cpus=$(BENCH_CLIENT_CPUS) $(SOAK_ARGS)
 
 # Mutation testing (mutmut, configured in pyproject.toml): the batcher, the schema
-# check, the protocol and the document codec are changed one mutation at a time
-# and their unit tests run against each change; a mutant the tests miss
-# survives. Starts afresh each time (mutants/), then prints the score per module
-# (a mutant that made the tests time out counts as killed) and the survivors;
-# `$(VENV)/bin/mutmut show <name>` shows one of them.
+# check, the protocol, the document codec and the prediction log's writer (row
+# format, inserter, writer process, the writer thread's attempts) are changed one
+# mutation at a time and their unit tests run against each change; a mutant the
+# tests miss survives. Starts afresh each time (mutants/), then prints the score
+# per module and overall (a mutant that made the tests time out counts as killed)
+# and the survivors; `$(VENV)/bin/mutmut show <name>` shows one of them.
 MUTATION_CHILDREN ?= $(shell nproc)
 mutation: setup
 	rm -rf mutants
@@ -79,8 +80,10 @@ mutation: setup
 		{ name = $$1; sub(/^ +/, "", name); module = name; sub(/\.x(ǁ|_).*/, "", module); \
 		  total[module]++; all++; \
 		  if ($$2 == "killed" || $$2 == "timeout") { killed[module]++; dead++ } else { left = left "\n  " name ": " $$2 } } \
-		END { for (m in total) printf "%-20s %4d / %4d killed (%.1f%%)\n", m, killed[m], total[m], 100 * killed[m] / total[m]; \
-		      printf "%-20s %4d / %4d killed (%.1f%%)\n", "all", dead, all, 100 * dead / all; \
+		END { sort = "sort"; \
+		      for (m in total) printf "%-42s %4d / %4d killed (%.1f%%)\n", m, killed[m], total[m], 100 * killed[m] / total[m] | sort; \
+		      close(sort); \
+		      printf "%-42s %4d / %4d killed (%.1f%%)\n", "all", dead, all, 100 * dead / all; \
 		      if (left != "") printf "not killed:%s\n", left }'
 
 lint: setup

@@ -1,9 +1,16 @@
-"""Helpers of the prediction-log tests; their fixtures (logs, events, a locked database) are in ``tests/monitoring``."""
+"""Helpers of the prediction-log tests, and a database file of their own.
+
+The fixtures they share with the other monitoring tests (logs, events, a
+locked database) are in ``tests/monitoring``.
+"""
 
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
+
+import pytest
 
 from monitoring.models import PredictionRecord
 
@@ -22,6 +29,34 @@ def assert_exactly_once(request_ids: list[str]) -> None:
     assert len(stored) == len(request_ids), f"{len(stored)} records for {len(request_ids)} requests"
     assert sorted(stored) == sorted(request_ids)
 
+
+@pytest.fixture
+def file_database(db, tmp_path):
+    """A second database alias, ``log-file``, on an SQLite file with the prediction log's table.
+
+    For what the in-memory test database cannot show: a writer process, a
+    connection closed and opened again, statements outside the test's
+    transaction. The alias is this thread's alone, as the log's writer
+    thread's connections are, so the test may connect to it.
+    """
+    from django.db import connection, connections
+
+    path = tmp_path / "log.sqlite3"
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT sql FROM sqlite_master WHERE tbl_name = %s AND sql IS NOT NULL",
+                       [PredictionRecord._meta.db_table])
+        schema = [row[0] for row in cursor.fetchall()]
+    with sqlite3.connect(path) as created:
+        for statement in schema:
+            created.execute(statement)
+    default = connections["default"]
+    log_file = type(default)({**default.settings_dict, "NAME": str(path), "TEST": {}}, alias="log-file")
+    connections["log-file"] = log_file
+    try:
+        yield path
+    finally:
+        log_file.close()
+        del connections["log-file"]
 
 
 def served(make_event, binary: bool, **fields):
