@@ -86,12 +86,16 @@ async def test_tritonclient_gets_the_websocket_protocols_outputs_for_every_demo_
         column = triton.InferInput(feature, [rows.shape[0]], "FP64")
         column.set_data_from_numpy(np.ascontiguousarray(rows[:, j]), binary_data=False)
         per_feature.append(column)
-    client = triton_client(server)
-    try:
-        results = [await asyncio.to_thread(client.infer, name, inputs, request_id=f"http-{name}",
-                                           headers=bearer(keys["all"])) for inputs in ([matrix], per_feature)]
-    finally:
-        client.close()
+    def infer_both() -> list[Any]:
+        # tritonclient.http runs on gevent: one client lives and dies in one thread.
+        client = triton_client(server)
+        try:
+            return [client.infer(name, inputs, request_id=f"http-{name}", headers=bearer(keys["all"]))
+                    for inputs in ([matrix], per_feature)]
+        finally:
+            client.close()
+
+    results = await asyncio.to_thread(infer_both)
 
     expected = ws_reply["outputs"]
     for result in results:
