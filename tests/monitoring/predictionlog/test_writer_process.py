@@ -7,6 +7,7 @@ import os
 import pickle
 import signal
 import sqlite3
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -370,15 +371,21 @@ def test_a_writer_process_that_stops_reading_or_answering_is_a_timeout(file_data
     assert len(stored(file_database)) == 2
 
 
-def test_a_deadline_under_a_second_is_waited_for_too(file_database, make_event):
+def test_a_child_that_pauses_within_the_deadline_gets_its_batch(file_database, make_event):
     writer = WriterProcess(using="log-file", db_timeout_s=0.1)
     writer.answer_timeout_s = 10.0
     try:
         assert writer.insert([event_row("warm", make_event())]) == 1  # the child is up and connected
+        pid = writer._process.pid
+        # Paused (a long collection, pages swapped out) for a fifth of the time allowed, under a second.
         writer.answer_timeout_s = 0.9
-        # Larger than the pipe's buffer: sending it waits for the child to read.
+        os.kill(pid, signal.SIGSTOP)
+        resume = threading.Timer(0.2, os.kill, (pid, signal.SIGCONT))
+        resume.start()
+        # Larger than the pipe's buffer: the writer waits for the child to read, within the deadline.
         big = [event_row(f"big-{n}", make_event(inputs=[[1.5] * 64] * 32)) for n in range(20)]
         assert sum(len(row.inputs) for row in big) > 100_000
         assert writer.insert(big) == 20
+        resume.join()
     finally:
         writer.stop()
