@@ -323,10 +323,11 @@ def test_the_writer_process_s_refusals_and_failures_come_back_as_django_s_errors
     try:
         with pytest.raises(DataError, match="^TypeError: "):
             writer.insert([event_row("e-1", make_event())._replace(received_at="not a time")])
-        assert writer.insert([event_row("e-1", make_event())]) == 1  # the same process, serving on
+        pid = writer._process.pid
+        assert writer.insert([event_row("e-1", make_event())]) == 1
+        assert writer._process.pid == pid  # the same process, serving on
 
         # A process that dies while it holds a batch: an error, and the next batch goes to a new one.
-        pid = writer._process.pid
         with pytest.raises(OperationalError, match=failed("the writer process exited")):
             writer.insert([event_row("e-2", make_event())._replace(inputs=EndsTheReader())])
         assert writer.insert([event_row("e-2", make_event())]) == 1
