@@ -48,8 +48,8 @@ from .validation import ValidatedArtifact, validate
 
 logger = logging.getLogger(__name__)
 
-#: Where a change came from, as the audit records it.
-SOURCES = ("admin", "command", "api")
+#: Where a change came from, as the audit records it ("guard": the automatic abort of a failing canary).
+SOURCES = ("admin", "command", "api", "guard")
 #: What a staff user needs to deploy, in the admin and through the API.
 DEPLOY_PERMISSION = "inference.change_modelversion"
 Status = ModelVersion.Status

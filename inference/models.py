@@ -1,7 +1,7 @@
 """The model registry: which models exist, their versions and which one serves."""
 
 from django.core.exceptions import ValidationError
-from django.core.validators import MinValueValidator, RegexValidator
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models, transaction
 from django.db.models import Q
 
@@ -38,6 +38,30 @@ class MLModel(models.Model):
     queue_capacity = models.PositiveIntegerField(
         null=True, blank=True, validators=[MinValueValidator(1)],
         help_text="Most requests waiting for this model; empty for the platform default.",
+    )
+    # The progressive rollout (inference.rollout): changed through inference.rollout.changes, which audits it.
+    shadow_version = models.PositiveIntegerField(
+        null=True, blank=True, help_text="A version that runs on a copy of requests; its answers are never sent.",
+    )
+    shadow_sample_pct = models.FloatField(
+        default=100.0, validators=[MinValueValidator(0), MaxValueValidator(100)],
+        help_text="Percentage of the active version's requests copied to the shadow.",
+    )
+    canary_version = models.PositiveIntegerField(
+        null=True, blank=True, help_text="A version that answers a share of the requests naming no version.",
+    )
+    canary_weight_pct = models.FloatField(
+        default=0.0, validators=[MinValueValidator(0), MaxValueValidator(100)],
+        help_text="Percentage of the requests naming no version that the canary answers.",
+    )
+    canary_max_error_pct = models.FloatField(
+        null=True, blank=True, validators=[MinValueValidator(0), MaxValueValidator(100)],
+        help_text="Abort the canary when more than this percentage of its requests end in a server error; "
+                  "empty: never.",
+    )
+    canary_max_p99_ms = models.FloatField(
+        null=True, blank=True, validators=[MinValueValidator(0)],
+        help_text="Abort the canary when its 99th percentile latency passes this many milliseconds; empty: never.",
     )
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -132,6 +156,10 @@ class DeploymentEvent(models.Model):
         ACTIVATED = "activated", "Activated"
         ROLLED_BACK = "rolled_back", "Rolled back"
         RETIRED = "retired", "Retired"
+        SHADOW_SET = "shadow_set", "Shadow set"
+        CANARY_SET = "canary_set", "Canary set"
+        PROMOTED = "promoted", "Promoted"
+        ABORTED = "aborted", "Rollout aborted"
 
     model = models.ForeignKey(MLModel, on_delete=models.CASCADE, related_name="deployment_events")
     version = models.ForeignKey(ModelVersion, null=True, blank=True, on_delete=models.SET_NULL,
@@ -139,7 +167,7 @@ class DeploymentEvent(models.Model):
     version_number = models.PositiveIntegerField(null=True, blank=True)
     action = models.CharField(max_length=16, choices=Action.choices)
     actor = models.CharField(max_length=150, help_text="The user, API key or command that made the change.")
-    source = models.CharField(max_length=32, help_text="admin, command, api.")
+    source = models.CharField(max_length=32, help_text="admin, command, api, or guard (an automatic canary abort).")
     address = models.CharField(max_length=64, blank=True, help_text="The client address, for the admin and the API.")
     detail = models.TextField(blank=True)
     at = models.DateTimeField(auto_now_add=True, db_index=True)

@@ -8,6 +8,9 @@ The rules, applied to each model on every reconcile:
 - the version it replaced stays loaded as the standby, so that a rollback is
   an instant swap; at most one standby per model, so memory does not grow
   with swaps;
+- the model's shadow and canary versions (``inference.rollout``) are loaded
+  and kept beside the active one while the registry names them; each takes
+  part in serving only once loaded;
 - every other loaded version is dropped: its batcher finishes what it holds
   and closes;
 - a retired or deleted version is dropped even if it was the active one, and
@@ -48,13 +51,21 @@ def loaded_versions(current: ServedModel | None) -> dict[int, ServedVersion]:
     return {number: entry for number, entry in current.versions.items() if entry.ready}
 
 
+def rollout_versions(registered: RegisteredModel) -> tuple[int, ...]:
+    """The shadow and canary versions the registry names that may serve (not retired, not failed)."""
+    return tuple(
+        number for number in registered.rollout.versions()
+        if (version := registered.versions.get(number)) is not None and version.servable
+    )
+
+
 def versions_to_load(current: ServedModel | None, registered: RegisteredModel, *,
                      not_now: Collection[int] = ()) -> list[int]:
-    """The versions to load before ``registered`` can be served: its active one, unless loaded or in ``not_now``."""
-    target = registered.active_version
-    if target is None or target in loaded_versions(current) or target in not_now:
-        return []
-    return [target]
+    """The versions to load before ``registered`` can be served: its active one, then its shadow and canary,
+    each unless loaded or in ``not_now``."""
+    loaded = loaded_versions(current)
+    targets = dict.fromkeys((registered.active_version, *rollout_versions(registered)))
+    return [number for number in targets if number is not None and number not in loaded and number not in not_now]
 
 
 def converge(current: ServedModel | None, registered: RegisteredModel, *,
@@ -84,7 +95,7 @@ def converge(current: ServedModel | None, registered: RegisteredModel, *,
     standby = next((number for number in candidates if number != active and keepable(number)), None)
 
     versions: dict[int, ServedVersion] = {}
-    for number in (active, standby):
+    for number in (active, standby, *rollout_versions(registered)):
         if number is not None and keepable(number):
             versions[number] = loaded[number]
     for number, version in registered.versions.items():
@@ -98,6 +109,7 @@ def converge(current: ServedModel | None, registered: RegisteredModel, *,
     served = ServedModel(
         name=registered.name, task=registered.task, inputs=list(registered.inputs), outputs=registered.outputs,
         active_version=active, versions=dict(sorted(versions.items())), standby_version=standby, unloaded=unloaded,
+        rollout=registered.rollout,
     )
     dropped = tuple(entry for number, entry in loaded.items() if versions.get(number) is not entry)
     if current is not None and _same(current, served):
@@ -119,6 +131,7 @@ def _same(current: ServedModel, served: ServedModel) -> bool:
         current.active_version == served.active_version
         and current.standby_version == served.standby_version
         and current.unloaded == served.unloaded
+        and current.rollout == served.rollout
         and (current.task, current.inputs, current.outputs) == (served.task, served.inputs, served.outputs)
         and current.versions.keys() == served.versions.keys()
         and all(current.versions[number] is entry for number, entry in served.versions.items())

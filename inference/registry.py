@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 
 from django.conf import settings
 
+from .rollout.plan import NO_ROLLOUT, Rollout
+
 if TYPE_CHECKING:
     from .models import ModelVersion
 
@@ -54,6 +56,7 @@ class RegisteredModel:
     outputs: str
     batching: Batching
     versions: Mapping[int, RegisteredVersion] = field(default_factory=dict)
+    rollout: Rollout = NO_ROLLOUT
 
     @property
     def active_version(self) -> int | None:
@@ -70,6 +73,8 @@ def read_registry() -> dict[str, RegisteredModel]:
 
     columns = (
         "name", "task", "inputs", "outputs", "max_batch_size", "max_delay_ms", "queue_capacity",
+        "shadow_version", "shadow_sample_pct", "canary_version", "canary_weight_pct", "canary_max_error_pct",
+        "canary_max_p99_ms",
         "versions__version", "versions__status", "versions__is_active", "versions__checksum",
     )
     found: dict[str, RegisteredModel] = {}
@@ -77,12 +82,13 @@ def read_registry() -> dict[str, RegisteredModel]:
     # A LEFT JOIN: a model without versions comes back once, with None for the version's columns.
     for row in MLModel.objects.order_by("name", "versions__version").values_list(*columns):
         name, task, inputs, outputs, max_batch_size, max_delay_ms, queue_capacity = row[:7]
-        number, status, is_active, checksum = row[7:]
+        number, status, is_active, checksum = row[13:]
         if name not in found:
             versions[name] = {}
             found[name] = RegisteredModel(
                 name=name, task=task, inputs=tuple(inputs), outputs=outputs,
                 batching=batching(max_batch_size, max_delay_ms, queue_capacity), versions=versions[name],
+                rollout=Rollout(*row[7:13]),
             )
         if number is not None:
             versions[name][number] = RegisteredVersion(number, status, bool(is_active), checksum)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .batching import DynamicBatcher
+from .rollout.plan import NO_ROLLOUT, Rollout
 from .schema import InputSchema
 
 #: The label value observers use for a model or version this process does not serve.
@@ -52,6 +53,8 @@ class ServedModel:
     #: Versions the registry holds, not retired, that this process does not keep
     #: loaded: a request naming one is answered ``model_unavailable``, not ``unknown_model``.
     unloaded: frozenset[int] = frozenset()
+    #: Its shadow and canary versions, as the registry says; each serves only once loaded here.
+    rollout: Rollout = NO_ROLLOUT
 
     def describe(self) -> dict[str, Any]:
         return {"version": self.active_version, "inputs": self.inputs, "outputs": self.outputs}

@@ -26,6 +26,9 @@ from .exceptions import ArtifactError, ModelUnavailable, UnknownModel
 from .loading import attach, load_version
 from .reconcile import converge, versions_to_load
 from .registry import Batching, RegisteredModel, fetch_versions, read_registry
+from .rollout import routing
+from .rollout.plan import Rollout
+from .rollout.shadow import ShadowRunner
 from .runtimes.base import Runtime
 from .served import NO_LABEL, ModelState, ServedModel, ServedVersion, VersionState
 from .swaps import CatalogChange, SwapFact, SwapStep
@@ -83,6 +86,8 @@ class InferenceService:
         self._loader: ThreadPoolExecutor | None = None
         self._reconciling: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
         self._closing: set[asyncio.Task[None]] = set()
+        self._shadows = ShadowRunner(max_pending=settings.PLATFORM_SHADOW_MAX_PENDING,
+                                     timeout_s=settings.PLATFORM_REQUEST_TIMEOUT_MS / 1000.0)
 
     # -- loading --------------------------------------------------------------------
 
@@ -352,6 +357,11 @@ class InferenceService:
             raise ModelUnavailable(f"Version {number} of {name!r} is not loaded: it failed to load.")
         return entry
 
+    def rollout(self, name: str) -> Rollout | None:
+        """The rollout this process follows for ``name`` (None for a model it does not serve)."""
+        info = self._models.get(name)
+        return info.rollout if info is not None else None
+
     def catalog(self, allowed: Iterable[str] | None = None) -> dict[str, dict[str, Any]]:
         """The ``models`` object of the protocol's ``ready`` message."""
         allowed_set = None if allowed is None else set(allowed)
@@ -399,13 +409,20 @@ class InferenceService:
 
     # -- serving --------------------------------------------------------------------
 
-    def submit(self, entry: ServedVersion, rows: np.ndarray, *, received_at: float) -> asyncio.Future[BatchResult]:
-        """Queue rows for ``entry``; returns a future of ``BatchResult``. Raises ``Overloaded`` when full."""
+    def route(self, entry: ServedVersion, rows: np.ndarray, *, pinned: bool,
+              request_id: Any) -> tuple[ServedVersion, int | None]:
+        """The version that answers (``entry``, or the canary for its share) and the key to submit with."""
+        return routing.route(self._models.get(entry.name), entry, rows, pinned=pinned, request_id=request_id)
+
+    def submit(self, entry: ServedVersion, rows: np.ndarray, *, received_at: float,
+               key: int | None = None) -> asyncio.Future[BatchResult]:
+        """Queue rows for ``entry`` (with :meth:`route`'s ``key``, a copy for the shadow); raises ``Overloaded``."""
         if entry.batcher is None:
             raise ModelUnavailable(f"Version {entry.version} of {entry.name!r} is not loaded.")
-        return entry.batcher.submit(
-            rows, timeout_s=settings.PLATFORM_REQUEST_TIMEOUT_MS / 1000.0, now=received_at
-        )
+        future = entry.batcher.submit(rows, timeout_s=settings.PLATFORM_REQUEST_TIMEOUT_MS / 1000.0, now=received_at)
+        if key is not None:
+            self._shadows.follow(self._models.get(entry.name), entry, rows, future, key)
+        return future
 
     def shutdown(self) -> None:
         if self._loader is not None:

@@ -287,6 +287,16 @@ if not 0 < PLATFORM_MODEL_RECONCILE_S < float("inf"):
 # accept; a larger upload is recorded as a failed version (HTTP 413).
 PLATFORM_MAX_ARTIFACT_BYTES = env_int("PLATFORM_MAX_ARTIFACT_BYTES", 256 * 1024 * 1024, minimum=1)
 
+# Progressive rollout (docs/rollout.md): the most copies of requests waiting
+# for a shadow version per process (past it, copies are dropped and counted,
+# never a client's request); how often each process writes its comparisons to
+# the database, in seconds; how many disagreeing rows it keeps per model,
+# version pair and minute, and per model in all.
+PLATFORM_SHADOW_MAX_PENDING = env_int("PLATFORM_SHADOW_MAX_PENDING", 1024, minimum=1)
+PLATFORM_SHADOW_FLUSH_S = env_int("PLATFORM_SHADOW_FLUSH_S", 10, minimum=1)
+PLATFORM_SHADOW_SAMPLES_PER_MINUTE = env_int("PLATFORM_SHADOW_SAMPLES_PER_MINUTE", 20, minimum=0)
+PLATFORM_SHADOW_SAMPLES_KEPT = env_int("PLATFORM_SHADOW_SAMPLES_KEPT", 1000, minimum=0)
+
 # TensorFlow's CPU threads: by default every core this process may run on
 # (taskset, cgroups) but the one the event loop needs, and one thread between
 # operations (batches already run one at a time).

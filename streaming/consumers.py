@@ -289,7 +289,9 @@ class PredictConsumer(DirectReadLoop, AsyncWebsocketConsumer):
             request = protocol.predict_request(body, rid, self.default_model)
             entry = self.service.entry(request.model, request.version, client.models)
             rows = entry.schema.to_array(request.inputs, max_rows=self.max_rows)
-            future = self.service.submit(entry, rows, received_at=received)
+            # A canary answers its share of the requests naming no version (inference.rollout.routing).
+            entry, key = self.service.route(entry, rows, pinned=request.version is not None, request_id=rid)
+            future = self.service.submit(entry, rows, received_at=received, key=key)
         except InferenceError as exc:
             extra = {"retry_after_ms": exc.retry_after_ms} if isinstance(exc, Overloaded) else {}
             error = ProtocolError(exc.code, str(exc), rid, **extra)
