@@ -24,9 +24,10 @@ from django.conf import settings
 
 from inference import service as inference_service
 from inference import swaps
+from inference.rollout import shadow as rollout_shadow
 from inference.served import NO_LABEL, ModelState
 from inference.signals import catalog_changed
-from monitoring import events, livestats, metrics, predictionlog
+from monitoring import comparisons, events, livestats, metrics, predictionlog
 from platform_core import modelsync
 from platform_core.lifecycle import before_send, on_shutdown
 from streaming.catalog_push import push_catalog
@@ -35,6 +36,8 @@ from streaming.draining import drain_connections
 logger = logging.getLogger(__name__)
 
 MODEL_SYNC_ORDER, DRAIN_ORDER, PREDICTION_LOG_ORDER, METRICS_ORDER = 5, 10, 50, 80
+#: After the connections drained (no more shadow copies), before the metrics flush.
+COMPARISONS_ORDER = 45
 #: The ``action`` of ``catalog_changed`` for a version that failed validation.
 VALIDATION_FAILED = "failed"
 
@@ -63,6 +66,10 @@ def connect() -> None:
     before_send(predictionlog.write_journal)
     livestats.install(serving_state)
     swaps.observe_swaps(metrics.observe_swap)
+    # The shadow versions' comparisons, and the guard that aborts a failing canary (docs/rollout.md).
+    rollout_shadow.observe_shadows(comparisons.observe)
+    comparisons.install(lambda model: inference_service.get_service().rollout(model))
+    on_shutdown(comparisons.shutdown, order=COMPARISONS_ORDER)
     catalog_changed.connect(_count_validation_failure, dispatch_uid="platform_core.wiring.validation_failures")
 
 
