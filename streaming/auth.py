@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from channels.db import database_sync_to_async
 from channels.security.websocket import OriginValidator
 from django.conf import settings
 from django.utils import timezone
+
+from .shared_limits import SharedBuckets
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,10 +79,27 @@ class TokenBucket:
 
 
 class RateLimits:
-    """One bucket per key, shared by all of that key's connections in this process."""
+    """Each key's rate: for the whole deployment with ``REDIS_URL`` (``shared_limits``), else per process.
+
+    ``take`` is this process's bucket alone, shared by all of that key's
+    connections here; ``acquire`` is what the edges ask per request.
+    """
 
     def __init__(self) -> None:
         self._buckets: dict[int, TokenBucket] = {}
+        self._shared = SharedBuckets()
+
+    async def acquire(self, client: Client) -> float:
+        """Take one request of the key's rate; 0 if allowed, else the milliseconds until one is free.
+
+        Awaits Redis only when this process's grant of the key's tokens is spent.
+        """
+        if client.rate_limit_per_s is None or client.key_id is None:
+            return 0.0
+        if not settings.REDIS_URL:
+            return self.take(client)
+        return await self._shared.acquire(settings.REDIS_URL, client.key_id, client.rate_limit_per_s,
+                                          partial(self.take, client))
 
     def take(self, client: Client) -> float:
         if client.rate_limit_per_s is None or client.key_id is None:

@@ -270,7 +270,7 @@ class PredictConsumer(DirectReadLoop, AsyncWebsocketConsumer):
                 Outcome.OVERLOADED, "The server is shutting down; send this request again on a new connection.",
                 rid, retry_after_ms=SHUTDOWN_RETRY_AFTER_MS,
             )
-        wait_ms = rate_limits.take(client)
+        wait_ms = await rate_limits.acquire(client)
         if wait_ms:
             self._flooded = self._flooding(client)
             raise ProtocolError(
