@@ -98,6 +98,8 @@ class PredictionClient:
         self.max_rows: int | None = None
         #: How many times a new connection was opened after the first.
         self.reconnects = 0
+        #: How many requests were sent again after ``overloaded`` or ``rate_limited``.
+        self.retries = 0
         self._book = RequestBook()
         self._ids = itertools.count(1)
         self._ws: ClientConnection | None = None
@@ -296,6 +298,7 @@ class PredictionClient:
         error = RequestFailed.from_reply(message)
         if error.code in RETRYABLE_CODES and request.retries < self.max_retries:
             request.retries += 1
+            self.retries += 1
             delay_s = (error.retry_after_ms or 0) / 1000.0 * (1.0 + 0.1 * self._rng.random())
             asyncio.get_running_loop().call_later(delay_s, self._retry, request.id)
             return 1

@@ -1,0 +1,61 @@
+"""A daphne server for the client to talk to, API keys made with the operators' command, and restarts."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from tests.support.services import (
+    DAPHNE_START_TIMEOUT_S,
+    REPO_ROOT,
+    DaphneServer,
+    ServiceUnavailable,
+    daphne_command,
+    manage,
+    stop_process,
+)
+
+IRIS_CLASSES = {"setosa", "versicolor", "virginica"}
+
+
+def create_key(server: DaphneServer, name: str, *args: str) -> str:
+    return manage("create_api_key", name, *args, env=server.env).stdout.strip()
+
+
+def predict_url(server: DaphneServer, model: str | None = None) -> str:
+    return f"{server.ws_url}/ws/v1/predict/{model + '/' if model else ''}"
+
+
+def iris_rows(n: int) -> list[list[float]]:
+    """``n`` different iris rows, so that a reply matched to the wrong request shows."""
+    return [[4.3 + (i % 36) / 10, 2.0 + (i % 24) / 10, 1.0 + (i % 59) / 10, 0.1 + (i % 25) / 10] for i in range(n)]
+
+
+Restart = Callable[[DaphneServer], DaphneServer]
+
+
+@pytest.fixture
+def restart_daphne(tmp_path) -> Iterator[Restart]:
+    """Factory: start the platform again on a stopped server's port, environment and data directory."""
+    started: list[DaphneServer] = []
+
+    def restart(server: DaphneServer) -> DaphneServer:
+        if server.process.poll() is None:
+            raise AssertionError("Stop the server before starting it again on its port.")
+        log = tmp_path / f"daphne-{server.port}-{len(started) + 1}.log"
+        with open(log, "wb") as output:
+            process = subprocess.Popen(daphne_command(server.port), cwd=REPO_ROOT, env=server.env,
+                                       stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT)
+        again = DaphneServer(port=server.port, env=server.env, log=log, process=process)
+        started.append(again)
+        try:
+            again.wait_until_healthy(DAPHNE_START_TIMEOUT_S)
+        except ServiceUnavailable as exc:
+            pytest.fail(str(exc), pytrace=False)
+        return again
+
+    yield restart
+    for server in started:
+        stop_process(server.process)
