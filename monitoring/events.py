@@ -12,9 +12,24 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 logger = logging.getLogger(__name__)
+
+
+class Protocol(StrEnum):
+    """How a request reached the platform: the prediction log's ``protocol`` and the metrics' label."""
+
+    WEBSOCKET = "websocket"
+    #: The Open Inference Protocol over HTTP (``/v2``).
+    HTTP = "http"
+    #: The Open Inference Protocol over gRPC.
+    GRPC = "grpc"
+
+
+#: Every ``protocol`` value, as the prediction log and the metrics' label hold it.
+PROTOCOLS: frozenset[str] = frozenset(protocol.value for protocol in Protocol)
 
 
 @dataclass(slots=True)
@@ -47,8 +62,8 @@ class PredictionEvent:
     #: dashboard: the name and number where the server serves them, ``""``
     #: otherwise (a made-up name must not grow a metric or a table).
     labels: tuple[str, str] = ("", "")
-    #: Which protocol the request came by: "websocket" or "http" (the Open Inference Protocol).
-    protocol: str = "websocket"
+    #: Which protocol the request came by, one of ``PROTOCOLS``.
+    protocol: str = Protocol.WEBSOCKET.value
 
 
 PredictionSink = Callable[[PredictionEvent], None]

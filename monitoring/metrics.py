@@ -1,12 +1,13 @@
 """Prometheus metrics of the platform, all defined here at module level.
 
 Names follow ``platform_<thing>_<unit|total>``; labels are bounded to model,
-version and outcome, never a key, a client or a request id:
+version, outcome and protocol, never a key, a client or a request id:
 
 - ``model`` is the name of a model this process serves, or ``""`` for anything
   else (an unknown name, a frame that could not be parsed);
 - ``version`` is a version number of that model, or ``""``;
-- ``outcome`` is ``"ok"`` or one of the protocol's error codes.
+- ``outcome`` is ``"ok"`` or one of the protocol's error codes;
+- ``protocol`` is how the request came: ``websocket``, ``http`` or ``grpc``.
 
 Several processes: when ``PROMETHEUS_MULTIPROC_DIR`` is set, every process's
 values are kept in files under it and ``/metrics`` adds them up
@@ -60,17 +61,17 @@ BATCH_SIZE_BUCKETS = tuple(float(2**n) for n in range(11))
 # -- requests (one observation per answered request) ---------------------------------
 
 REQUESTS = Counter(
-    "requests", "Prediction requests answered, by outcome: ok or the protocol's error code.",
-    ["model", "version", "outcome"], namespace=NAMESPACE,
+    "requests", "Prediction requests answered, by outcome (ok or the protocol's error code) and protocol.",
+    ["model", "version", "outcome", "protocol"], namespace=NAMESPACE,
 )
 ERRORS = Counter(
-    "errors", "Prediction requests answered with an error, by the protocol's error code.",
-    ["model", "version", "outcome"], namespace=NAMESPACE,
+    "errors", "Prediction requests answered with an error, by the protocol's error code and protocol.",
+    ["model", "version", "outcome", "protocol"], namespace=NAMESPACE,
 )
 REQUEST_DURATION = Histogram(
     "request_duration_seconds",
-    "Time from a request frame's arrival to its reply being handed to the socket.",
-    ["model", "version", "outcome"], namespace=NAMESPACE, buckets=LATENCY_BUCKETS_S,
+    "Time from a request's arrival to its reply being handed to the socket.",
+    ["model", "version", "outcome", "protocol"], namespace=NAMESPACE, buckets=LATENCY_BUCKETS_S,
 )
 QUEUE_WAIT = Histogram(
     "queue_wait_seconds", "Time a served request waited in its model's queue before the model call began.",
@@ -106,49 +107,6 @@ REQUESTS_IN_FLIGHT = Gauge(
 WEBSOCKET_CONNECTIONS = Gauge(
     "websocket_connections", "Open WebSocket connections, prediction and dashboard.",
     namespace=NAMESPACE, multiprocess_mode="livesum",
-)
-
-# -- the prediction-log writer (monitoring.predictionlog) --------------------------------
-
-LOG_BUFFER_RECORDS = Gauge(
-    "log_buffer_records", "Prediction records waiting in memory for the database.",
-    namespace=NAMESPACE, multiprocess_mode="livesum",
-)
-LOG_SPILL_RECORDS = Gauge(
-    "log_spill_records", "Prediction records in spill files waiting to be replayed into the database.",
-    namespace=NAMESPACE, multiprocess_mode="livesum",
-)
-LOG_RECORDS_WRITTEN = Counter(
-    "log_records_written", "Prediction records inserted into the database.", namespace=NAMESPACE,
-)
-LOG_RECORDS_SPILLED = Counter(
-    "log_records_spilled",
-    "Prediction records written to a spill file because the buffer was full or the database down.",
-    namespace=NAMESPACE,
-)
-LOG_RECORDS_LOST = Counter(
-    "log_records_lost", "Prediction records that could be kept neither in the database nor in a spill file.",
-    namespace=NAMESPACE,
-)
-LOG_WRITE_ERRORS = Counter(
-    "log_write_errors", "Failed attempts to insert a batch of prediction records.", namespace=NAMESPACE,
-)
-LOG_JOURNAL_RECORDS = Counter(
-    "log_journal_records", "Prediction records written to the journal before their replies left.",
-    namespace=NAMESPACE,
-)
-LOG_JOURNAL_WRITE_ERRORS = Counter(
-    "log_journal_write_errors", "Writes to the journal that failed (the records stay in memory).",
-    namespace=NAMESPACE,
-)
-LOG_JOURNAL_FSYNC = Histogram(
-    "log_journal_fsync_seconds", "Time each fsync of the journal took (off the event loop).",
-    namespace=NAMESPACE, buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
-)
-LOG_JOURNAL_RECOVERED = Counter(
-    "log_journal_recovered_records",
-    "Prediction records recovered from the journal of a process that stopped without writing them.",
-    namespace=NAMESPACE,
 )
 
 # -- model lifecycle (the pool's swaps; ``model`` is a name this process serves, or "") -----
@@ -191,14 +149,14 @@ FLUSH_EVERY = 4096
 
 
 class RequestSeries:
-    """The children of one (model, version, outcome) label set, and what waits to be added to them."""
+    """The children of one (model, version, outcome, protocol) label set, and what waits to be added to them."""
 
     __slots__ = ("requests", "errors", "duration", "queue_wait", "count", "durations_ms", "queue_waits_ms")
 
-    def __init__(self, model: str, version: str, outcome: str) -> None:
-        self.requests = REQUESTS.labels(model, version, outcome)
-        self.errors = ERRORS.labels(model, version, outcome) if outcome != Outcome.OK else None
-        self.duration = REQUEST_DURATION.labels(model, version, outcome)
+    def __init__(self, model: str, version: str, outcome: str, protocol: str) -> None:
+        self.requests = REQUESTS.labels(model, version, outcome, protocol)
+        self.errors = ERRORS.labels(model, version, outcome, protocol) if outcome != Outcome.OK else None
+        self.duration = REQUEST_DURATION.labels(model, version, outcome, protocol)
         self.queue_wait = QUEUE_WAIT.labels(model, version)
         self.count = 0
         self.durations_ms: list[float] = []
@@ -221,8 +179,8 @@ class RequestSeries:
 BatchSeries = tuple[Callable[[float], None], Callable[[float], None], Callable[[float], None],
                     Callable[[float], None]]
 
-_request_series: dict[tuple[Any, Any, str], RequestSeries] = {}
-_request_series_by_labels: dict[tuple[str, str, str], RequestSeries] = {}
+_request_series: dict[tuple[Any, Any, str, str], RequestSeries] = {}
+_request_series_by_labels: dict[tuple[str, str, str, str], RequestSeries] = {}
 _batch_series: dict[tuple[str, str], BatchSeries] = {}
 
 
@@ -238,11 +196,11 @@ class _Pending:
 _pending = _Pending()
 
 
-def _new_request_series(model: str, version: str, outcome: str) -> RequestSeries:
-    key = (model, version, outcome)
+def _new_request_series(model: str, version: str, outcome: str, protocol: str) -> RequestSeries:
+    key = (model, version, outcome, protocol)
     series = _request_series_by_labels.get(key)
     if series is None:
-        series = _request_series_by_labels[key] = RequestSeries(model, version, outcome)
+        series = _request_series_by_labels[key] = RequestSeries(*key)
     return series
 
 
@@ -252,9 +210,10 @@ def _request_series_for(event: events.PredictionEvent) -> RequestSeries:
     # Codes come from the platform, not the client; an unexpected one is a bug
     # to be seen as an internal error, not a new series.
     outcome_label = outcome if outcome in OUTCOMES else Outcome.INTERNAL.value
-    series = _new_request_series(model_label, version_label, outcome_label)
+    protocol = event.protocol if event.protocol in events.PROTOCOLS else events.Protocol.WEBSOCKET.value
+    series = _new_request_series(model_label, version_label, outcome_label, protocol)
     if model_label == model and (version is None or version_label == str(version)) and outcome_label == outcome:
-        _request_series[(model, version, outcome)] = series
+        _request_series[(model, version, outcome, protocol)] = series
     return series
 
 
@@ -278,7 +237,7 @@ def _batch_series_for(model: str, version: int) -> BatchSeries:
 
 def observe_prediction(event: events.PredictionEvent) -> None:
     """Called on the event loop for every answered request: remembers it for the next :func:`flush`."""
-    series = _request_series.get((event.model, event.version, event.outcome))
+    series = _request_series.get((event.model, event.version, event.outcome, event.protocol))
     if series is None:
         series = _request_series_for(event)
     series.count += 1

@@ -6,10 +6,21 @@ from inference.outcomes import Outcome as OutcomeCode
 
 # The widths of the text columns, one source for this model and for the writer
 # (monitoring.predictionlog), which cuts longer values.
-from .predictionlog.columns import API_KEY_NAME_LENGTH, MODEL_NAME_LENGTH, OUTCOME_LENGTH, REQUEST_ID_LENGTH
+from .predictionlog.columns import (
+    API_KEY_NAME_LENGTH,
+    MODEL_NAME_LENGTH,
+    OUTCOME_LENGTH,
+    PROTOCOL_LENGTH,
+    REQUEST_ID_LENGTH,
+)
 
 #: ``ok`` or one of the protocol's error codes (docs: PROTOCOL.md, "Errors"), as model choices.
 Outcome = models.TextChoices("Outcome", [(code.name, (code.value, code.value)) for code in OutcomeCode])
+#: How the request came: the WebSocket protocol, or the Open Inference Protocol over HTTP or gRPC.
+Protocol = models.TextChoices(
+    "Protocol", [("WEBSOCKET", ("websocket", "WebSocket")), ("HTTP", ("http", "HTTP (Open Inference Protocol)")),
+                 ("GRPC", ("grpc", "gRPC (Open Inference Protocol)"))]
+)
 
 
 class PredictionRecord(models.Model):
@@ -35,6 +46,10 @@ class PredictionRecord(models.Model):
     inference_ms = models.FloatField(null=True, blank=True)
     total_ms = models.FloatField(null=True, blank=True)
     batch_size = models.PositiveIntegerField(null=True, blank=True)
+    protocol = models.CharField(
+        max_length=PROTOCOL_LENGTH, choices=Protocol.choices, default=Protocol.WEBSOCKET,
+        db_default=Protocol.WEBSOCKET, help_text="How the request came.",
+    )
 
     class Meta:
         verbose_name = "prediction"
@@ -47,6 +62,7 @@ class PredictionRecord(models.Model):
             models.Index(fields=["model", "received_at"], name="predlog_model_received"),
             models.Index(fields=["outcome", "received_at"], name="predlog_outcome_received"),
             models.Index(fields=["api_key", "received_at"], name="predlog_key_received"),
+            models.Index(fields=["protocol", "received_at"], name="predlog_protocol_received"),
             # Requests and errors per version, counted from the index alone.
             models.Index(fields=["model", "version", "outcome"], name="predlog_version_outcome"),
             # Search by request id, exact or prefix (LIKE 'x%' on PostgreSQL needs

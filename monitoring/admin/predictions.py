@@ -215,7 +215,7 @@ CSV_COLUMNS = [
     ("received_at", "received_at"), ("event_id", "event_id"), ("request_id", "request_id"),
     ("model", "model"), ("version", "version"), ("api_key", "api_key"), ("outcome", "outcome"),
     ("error", "error"), ("rows", "rows"), ("queue_ms", "queue_ms"), ("inference_ms", "inference_ms"),
-    ("total_ms", "total_ms"), ("batch_size", "batch_size"), ("inputs", "inputs_json"),
+    ("total_ms", "total_ms"), ("batch_size", "batch_size"), ("protocol", "protocol"), ("inputs", "inputs_json"),
     ("outputs", "outputs_json"),
 ]
 # Text a client chose (ids, names, messages), which a spreadsheet must not run as a formula.
@@ -271,10 +271,11 @@ async def _asynchronously(chunks):
 
 @admin.register(PredictionRecord)
 class PredictionRecordAdmin(admin.ModelAdmin):
-    list_display = ["received_at", "request_id", "model", "version", "api_key", "outcome", "rows",
+    list_display = ["received_at", "request_id", "model", "version", "api_key", "outcome", "protocol", "rows",
                     "total_ms", "batch_size"]
     list_display_links = ["received_at", "request_id"]
-    list_filter = [ModelFilter, VersionFilter, "outcome", APIKeyFilter, ("received_at", admin.DateFieldListFilter)]
+    list_filter = [ModelFilter, VersionFilter, "outcome", "protocol", APIKeyFilter,
+                   ("received_at", admin.DateFieldListFilter)]
     search_fields = ["request_id"]
     search_help_text = "Request id: exact, or the beginning of one."
     date_hierarchy = "received_at"
@@ -286,8 +287,9 @@ class PredictionRecordAdmin(admin.ModelAdmin):
     show_facets = admin.ShowFacets.NEVER
     actions = None
     list_per_page = 100
-    fields = ["event_id", "received_at", "request_id", "model", "version", "api_key", "outcome", "error",
-              "rows", "queue_ms", "inference_ms", "total_ms", "batch_size", "inputs_display", "outputs_display"]
+    fields = ["event_id", "received_at", "request_id", "model", "version", "api_key", "outcome", "protocol",
+              "error", "rows", "queue_ms", "inference_ms", "total_ms", "batch_size", "inputs_display",
+              "outputs_display"]
     readonly_fields = fields
 
     # -- an audit trail is not edited, by anyone ---------------------------------------

@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 from django.db import connections
 
-from .. import metrics
+from .. import log_metrics
 from .exceptions import SpillReplayError
 from .inserter import ROW_ERRORS, Inserter, RowInserter, record_table
 from .rows import Row, cleaned_row
@@ -112,7 +112,7 @@ class LogDatabase:
 
     def _failed(self, exc: Exception) -> None:
         self.attempts += 1
-        metrics.LOG_WRITE_ERRORS.inc()
+        log_metrics.LOG_WRITE_ERRORS.inc()
         # A broken or restarted database must be reconnected to, not reused.
         if self._inserter is not None:
             self._inserter.close()
@@ -156,7 +156,7 @@ class LogDatabase:
         except ROW_ERRORS:
             inserted = self._insert_one_by_one(rows)
         else:
-            metrics.LOG_RECORDS_WRITTEN.inc(inserted)
+            log_metrics.LOG_RECORDS_WRITTEN.inc(inserted)
         return inserted
 
     def _insert_one_by_one(self, rows: list[Row]) -> int:
@@ -170,7 +170,7 @@ class LogDatabase:
                     inserted += self._execute([cleaned_row(row)])
                 except ROW_ERRORS as exc:
                     self._lose(1, f"the database refused record {row.event_id}: {exc}")
-        metrics.LOG_RECORDS_WRITTEN.inc(inserted)
+        log_metrics.LOG_RECORDS_WRITTEN.inc(inserted)
         return inserted
 
     def _execute(self, rows: list[Row]) -> int:

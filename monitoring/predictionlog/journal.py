@@ -34,9 +34,9 @@ from pathlib import Path
 
 import msgpack
 
-from .. import metrics
+from .. import log_metrics
 from .exceptions import SpillFileError
-from .rows import COLUMNS, Row
+from .rows import STORED_WIDTHS, Row
 
 logger = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ class Journal:
                 error: OSError | None = exc
             else:
                 error = None
-                metrics.LOG_JOURNAL_RECORDS.inc(count)
+                log_metrics.LOG_JOURNAL_RECORDS.inc(count)
                 segment.size += len(data)
                 segment.outstanding += count
                 segment.dirty = True
@@ -149,7 +149,7 @@ class Journal:
             # The records are still in memory on their way to the database;
             # only a crash before they get there would lose them now.
             exc = error
-            metrics.LOG_JOURNAL_WRITE_ERRORS.inc()
+            log_metrics.LOG_JOURNAL_WRITE_ERRORS.inc()
             self._failures += 1
             if self._failures == 1 or self._failures % 1000 == 0:
                 logger.error("Could not write %d prediction records to the journal in %s (%d failures): %s",
@@ -264,7 +264,7 @@ class Journal:
         for fd in dirty:
             started = time.perf_counter()
             _fsync(fd)
-            metrics.LOG_JOURNAL_FSYNC.observe(time.perf_counter() - started)
+            log_metrics.LOG_JOURNAL_FSYNC.observe(time.perf_counter() - started)
             os.close(fd)
 
     # -- recovering what a dead process left -------------------------------------------
@@ -306,7 +306,7 @@ class Journal:
             finally:
                 os.close(fd)
             recovered += count
-            metrics.LOG_JOURNAL_RECOVERED.inc(count)
+            log_metrics.LOG_JOURNAL_RECOVERED.inc(count)
             if count:
                 logger.warning("Recovered %d prediction records from %s, left by a process that stopped "
                                "without writing them", count, path.name)
@@ -324,8 +324,8 @@ def _read_rows(fd: int) -> Iterator[list[Row]]:
         unpacker.feed(chunk)
         try:
             for values in unpacker:
-                if type(values) is list and len(values) == len(COLUMNS):
-                    rows.append(Row._make(values))
+                if type(values) is list and len(values) in STORED_WIDTHS:
+                    rows.append(Row(*values))
                 if len(rows) >= RECOVER_BATCH:
                     yield rows
                     rows = []

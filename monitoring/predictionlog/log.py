@@ -24,7 +24,7 @@ from pathlib import Path
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
-from .. import metrics
+from .. import log_metrics
 from ..events import PredictionEvent
 from .database import WRITERS, LogDatabase
 from .exceptions import SpillFileError
@@ -404,7 +404,7 @@ class PredictionLog:
             return False
         if self.journal is not None:
             self.journal.settle(rows)
-        metrics.LOG_RECORDS_SPILLED.inc(len(rows))
+        log_metrics.LOG_RECORDS_SPILLED.inc(len(rows))
         self._replay.scan_soon()
         return True
 
@@ -430,8 +430,8 @@ class PredictionLog:
     def _publish(self) -> None:
         self._losses.report_dropped(self._dropped,
                                     f"the buffer held {self._drop_at} records and the disk did not keep up")
-        metrics.LOG_BUFFER_RECORDS.set(self._in_memory() + self._held)
-        metrics.LOG_SPILL_RECORDS.set(self.spill.pending)
+        log_metrics.LOG_BUFFER_RECORDS.set(self._in_memory() + self._held)
+        log_metrics.LOG_SPILL_RECORDS.set(self.spill.pending)
 
     def _in_memory(self) -> int:
         return len(self._buffer) + len(self._ready)

@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 
-from .. import metrics
+from .. import log_metrics
 from .database import LOG_EVERY_S
 
 logger = logging.getLogger("monitoring.predictionlog.log")
@@ -22,7 +22,7 @@ class Losses:
         self._unlogged = 0
 
     def lose(self, count: int, reason: str) -> None:
-        metrics.LOG_RECORDS_LOST.inc(count)
+        log_metrics.LOG_RECORDS_LOST.inc(count)
         with self._lock:
             self._unlogged += count
             now = time.monotonic()

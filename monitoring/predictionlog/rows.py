@@ -8,8 +8,8 @@ else holds), and :func:`materialize` turns them into the final row later,
 where the writer runs; in the writer process, off the server's interpreter.
 
 A spill-file line is a row as a JSON array in ``COLUMNS`` order
-(:func:`dump_row`); the fields keep that order so that files written by an
-earlier process replay.
+(:func:`dump_row`); the fields keep that order, and new ones are added last
+with a default, so that files written by an earlier release replay.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import orjson
 from inference.codec import loads_json, loads_msgpack
 
 from ..events import PredictionEvent
-from .columns import API_KEY_NAME_LENGTH, MODEL_NAME_LENGTH, OUTCOME_LENGTH, REQUEST_ID_LENGTH
+from .columns import API_KEY_NAME_LENGTH, MODEL_NAME_LENGTH, OUTCOME_LENGTH, PROTOCOL_LENGTH, REQUEST_ID_LENGTH
 
 _MAX_FALLBACK_CHARS = 100_000
 _INT_MIN, _INT_MAX = -(2**31), 2**31 - 1
@@ -53,10 +53,14 @@ class Row(NamedTuple):
     inference_ms: Any
     total_ms: Any
     batch_size: Any
+    #: Added after the first release: spill files and journals written before it lack it.
+    protocol: Any = "websocket"
 
 
 #: The columns of a record, in the order of a row's fields and of the JSON arrays in spill files.
 COLUMNS: tuple[str, ...] = Row._fields
+#: How many fields a stored row (spill-file line, journal record) may have: older releases wrote fewer.
+STORED_WIDTHS: frozenset[int] = frozenset({len(COLUMNS) - 1, len(COLUMNS)})
 
 
 # -- turning events into rows ---------------------------------------------------------
@@ -98,12 +102,12 @@ def event_row(event_id: str, event: PredictionEvent) -> Row:
     """The row of one event, ready to insert or spill."""
     return _row(event_id, event.received_at, event.model, event.version, event.api_key, event.request_id,
                 event.rows, to_json(event.inputs), to_json(event.outputs), event.outcome, event.error,
-                event.queue_ms, event.inference_ms, event.total_ms, event.batch_size)
+                event.queue_ms, event.inference_ms, event.total_ms, event.batch_size, event.protocol)
 
 
 def _row(event_id: str, received_at: float, model: Any, version: Any, api_key: Any, rid: Any, rows: int,
          inputs: str | None, outputs: str | None, outcome: Any, error: Any, queue_ms: Any, inference_ms: Any,
-         total_ms: Any, batch_size: Any) -> Row:
+         total_ms: Any, batch_size: Any, protocol: Any) -> Row:
     if rid is None:
         rid = ""
     elif type(rid) is not str:
@@ -127,6 +131,7 @@ def _row(event_id: str, received_at: float, model: Any, version: Any, api_key: A
         inference_ms,
         total_ms,
         batch_size,
+        _text(protocol, PROTOCOL_LENGTH),
     )
 
 
@@ -139,7 +144,7 @@ def raw_row(event_id: str, event: PredictionEvent) -> Row:
     """
     return Row(event_id, event.received_at, event.model, event.version, event.api_key, event.request_id,
                event.rows, event.frame, event.reply, event.outcome, event.error, event.queue_ms,
-               event.inference_ms, event.total_ms, event.batch_size)
+               event.inference_ms, event.total_ms, event.batch_size, event.protocol)
 
 
 def is_raw(row: Row) -> bool:
@@ -167,7 +172,7 @@ def materialize(row: Row) -> Row:
         outputs_json = to_json(_body(reply, binary).get("outputs"))
     return _row(row.event_id, row.received_at, row.model, row.version, row.api_key, row.request_id, row.rows,
                 inputs_json, outputs_json, row.outcome, row.error, row.queue_ms, row.inference_ms, row.total_ms,
-                row.batch_size)
+                row.batch_size, row.protocol)
 
 
 def _body(payload: str | bytes, binary: bool) -> dict[str, Any]:
@@ -213,6 +218,7 @@ def cleaned_row(row: Row) -> Row:
         _clean_text(row.request_id), _clean_int(row.rows, 0) or 0, _clean_json(row.inputs),
         _clean_json(row.outputs), _clean_text(row.outcome), _clean_text(row.error), _clean_float(row.queue_ms),
         _clean_float(row.inference_ms), _clean_float(row.total_ms), _clean_int(row.batch_size, 0),
+        _clean_text(row.protocol),
     )
 
 
@@ -245,6 +251,6 @@ def load_row(line: bytes) -> Row | None:
         values = orjson.loads(line)
     except orjson.JSONDecodeError:
         return None
-    if type(values) is list and len(values) == len(COLUMNS) and type(values[0]) is str:
-        return Row._make(values)
+    if type(values) is list and len(values) in STORED_WIDTHS and type(values[0]) is str:
+        return Row(*values)
     return None

@@ -57,7 +57,7 @@ def registry(db):
 def log_records(registry):
     record("a-1")
     record("a-2", outcome="invalid_input", error="row 1: expected 4 features, got 3")
-    record("a-3", version=2)
+    record("a-3", version=2, protocol="http")
     record("a-10", model="digits", api_key="bob", received_at=NOW - timedelta(days=40))
     record("b-1", model="digits", outcome="internal", api_key="", received_at=NOW - timedelta(days=400))
     record("=HYPERLINK(1)", outcome="invalid_request", model="")
@@ -111,6 +111,8 @@ def test_staff_need_the_view_permission(client, django_user_model, log_records):
     ("outcome=invalid_input", ["a-2"]),
     ("api_key=bob", ["a-10"]),
     ("api_key=-", ["b-1"]),
+    ("protocol__exact=http", ["a-3"]),
+    ("protocol__exact=websocket&model=iris", ["a-1", "a-2"]),
     ("received_at__year=2025&received_at__month=2", ["a-10"]),
     ("received_at__year=2024", ["b-1"]),
 ])

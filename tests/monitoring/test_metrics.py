@@ -58,7 +58,7 @@ def series_labels(name: str) -> list[dict[str, str]]:
     return [s.labels for family in REGISTRY.collect() for s in family.samples if s.name == name]
 
 
-IRIS_1_OK = {"model": "iris", "version": "1", "outcome": "ok"}
+IRIS_1_OK = {"model": "iris", "version": "1", "outcome": "ok", "protocol": "websocket"}
 IRIS_1 = {"model": "iris", "version": "1"}
 
 
@@ -70,10 +70,10 @@ def test_the_app_registers_the_sinks():
 
 
 def test_requests_are_counted_by_model_version_and_outcome():
-    invalid = {"model": "iris", "version": "1", "outcome": "invalid_input"}
+    invalid = {"model": "iris", "version": "1", "outcome": "invalid_input", "protocol": "websocket"}
     with Delta(("platform_requests_total", IRIS_1_OK), ("platform_requests_total", invalid),
                ("platform_errors_total", IRIS_1_OK), ("platform_errors_total", invalid),
-               ("platform_requests_total", {"model": "iris", "version": "2", "outcome": "ok"})) as delta:
+               ("platform_requests_total", {**IRIS_1_OK, "version": "2"})) as delta:
         for _ in range(3):
             events.prediction(prediction())
         for _ in range(2):
@@ -82,7 +82,7 @@ def test_requests_are_counted_by_model_version_and_outcome():
 
 
 def test_end_to_end_latency_is_observed_for_every_outcome_and_queue_wait_for_served_requests():
-    timeout = {"model": "iris", "version": "1", "outcome": "timeout"}
+    timeout = {"model": "iris", "version": "1", "outcome": "timeout", "protocol": "websocket"}
     with Delta(("platform_request_duration_seconds_count", IRIS_1_OK),
                ("platform_request_duration_seconds_count", timeout),
                ("platform_request_duration_seconds_sum", timeout),
@@ -104,9 +104,9 @@ def test_latency_buckets_resolve_milliseconds():
 
 
 def test_unknown_models_and_versions_share_bounded_labels():
-    unknown_model = {"model": "", "version": "", "outcome": "unknown_model"}
-    unknown_version = {"model": "iris", "version": "", "outcome": "unknown_model"}
-    unparsable = {"model": "", "version": "", "outcome": "invalid_json"}
+    unknown_model = {"model": "", "version": "", "outcome": "unknown_model", "protocol": "websocket"}
+    unknown_version = {"model": "iris", "version": "", "outcome": "unknown_model", "protocol": "websocket"}
+    unparsable = {"model": "", "version": "", "outcome": "invalid_json", "protocol": "websocket"}
     with Delta(("platform_requests_total", unknown_model), ("platform_requests_total", unknown_version),
                ("platform_requests_total", unparsable)) as delta:
         for n in range(50):
@@ -124,17 +124,34 @@ def test_unknown_models_and_versions_share_bounded_labels():
 
 
 def test_a_request_without_a_version_has_an_empty_version_label():
-    labels = {"model": "wine", "version": "", "outcome": "invalid_input"}
+    labels = {"model": "wine", "version": "", "outcome": "invalid_input", "protocol": "websocket"}
     with Delta(("platform_requests_total", labels)) as delta:
         events.prediction(prediction(model="wine", version=None, outcome="invalid_input"))
     assert delta.changes == [1]
 
 
 def test_an_outcome_outside_the_protocol_is_counted_as_internal():
-    with Delta(("platform_requests_total", {**IRIS_1_OK, "outcome": "internal"})) as delta:
+    with Delta(("platform_requests_total", {**IRIS_1_OK, "outcome": "internal", "protocol": "websocket"})) as delta:
         events.prediction(prediction(outcome="something-new"))
     assert delta.changes == [1]
     assert "something-new" not in {labels["outcome"] for labels in series_labels("platform_requests_total")}
+
+
+def test_requests_are_counted_by_the_protocol_they_came_by():
+    by_protocol = [("platform_requests_total", {**IRIS_1_OK, "protocol": protocol})
+                   for protocol in ("websocket", "http", "grpc")]
+    with Delta(*by_protocol, ("platform_request_duration_seconds_count", {**IRIS_1_OK, "protocol": "grpc"})) as delta:
+        for protocol, times in (("websocket", 1), ("http", 2), ("grpc", 3)):
+            for _ in range(times):
+                event = prediction()
+                event.protocol = protocol
+                events.prediction(event)
+        # A value the platform never sends is no new series.
+        odd = prediction()
+        odd.protocol = "carrier-pigeon"
+        events.prediction(odd)
+    assert delta.changes == [2, 2, 3, 3]
+    assert {labels["protocol"] for labels in series_labels("platform_requests_total")} <= {"websocket", "http", "grpc"}
 
 
 def test_after_the_first_event_the_hot_path_looks_up_no_labels(monkeypatch):

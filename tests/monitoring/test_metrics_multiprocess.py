@@ -6,7 +6,7 @@ import asyncio
 
 from tests.monitoring.metrics_support import idle_connection, predictions, promtool, scrape, value
 
-IRIS_1_OK = {"model": "iris", "version": "1", "outcome": "ok"}
+IRIS_1_OK = {"model": "iris", "version": "1", "outcome": "ok", "protocol": "websocket"}
 
 
 async def scrape_when_flushed(server, requests: int) -> str:

@@ -84,7 +84,8 @@ def scraped(demo_data: DemoData, tmp_path_factory: pytest.TempPathFactory) -> It
 
 def test_promtool_finds_no_problem_in_the_exposition(scraped):
     exposition = scrape(scraped.server)
-    assert value(exposition, "platform_requests_total", model="iris", version="1", outcome="ok") == SERVED + 1
+    assert value(exposition, "platform_requests_total", model="iris", version="1", outcome="ok",
+                 protocol="websocket") == SERVED + 1
 
     result = promtool("check", "metrics", stdin=exposition)
 

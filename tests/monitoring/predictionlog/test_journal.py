@@ -240,6 +240,15 @@ def test_recover_skips_a_torn_last_record(journal, tmp_path, caplog):
     assert segments(directory) == []
 
 
+def test_recover_reads_records_of_the_release_before_the_protocol_column(tmp_path):
+    directory = tmp_path / "journal"
+    directory.mkdir()
+    # A segment no process holds, of that release: its records have every field but the last.
+    path = directory / "journal-4242-0123-00000.bin"
+    path.write_bytes(b"".join(msgpack.packb(list(row(seq))[:-1], use_bin_type=True) for seq in range(3)))
+    assert recovered(directory) == [row(seq)._replace(protocol="websocket") for seq in range(3)]
+
+
 def test_recover_stops_at_a_damaged_record_and_keeps_the_rows_before_it(journal, tmp_path, caplog):
     directory = tmp_path / "journal"
     written = journal(directory)

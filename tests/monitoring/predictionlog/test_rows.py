@@ -77,6 +77,24 @@ def test_a_spill_line_is_a_json_array_in_column_order_and_reads_back_as_its_row(
     assert load_row(b'{"event_id": "x"}') is None
 
 
+def test_a_spill_line_of_the_release_before_the_protocol_column_reads_as_a_websocket_row(make_event):
+    row = event_row("0123456789abcdef0123456789abcdef", make_event(request_id="r-1"))
+    older = orjson.dumps(list(row)[:-1])  # what a process of that release spilled
+    assert load_row(older) == row._replace(protocol="websocket")
+    assert load_row(orjson.dumps([*row, "extra"])) is None, "a line wider than any release wrote is not a row"
+
+
+def test_a_row_keeps_the_protocol_its_request_came_by(make_event):
+    event = make_event(request_id="r-2")
+    event.protocol = "grpc"
+    assert event_row("e-1", event).protocol == "grpc"
+    event.frame, event.reply = '{"id": "r-2", "model": "iris", "inputs": [[1]]}', b'{"id":"r-2","outputs":[]}'
+    assert materialize(raw_row("e-2", event)).protocol == "grpc"
+    assert load_row(dump_row(event_row("e-3", event))).protocol == "grpc"
+    event.protocol = "p" * 40  # never sent by the platform; cut to the column rather than refused
+    assert event_row("e-4", event).protocol == "p" * columns.PROTOCOL_LENGTH
+
+
 @pytest.mark.parametrize("binary", [False, True], ids=["json", "msgpack"])
 def test_a_served_prediction_is_spilled_as_its_final_row(make_event, binary):
     row = raw_row("0123456789abcdef0123456789abcdef", served(make_event, binary))
