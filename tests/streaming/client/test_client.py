@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -143,3 +144,24 @@ async def test_overloaded_requests_are_retried_after_retry_after_ms(start_daphne
         replies = await asyncio.gather(*(client.predict("iris", [row]) for row in iris_rows(200)))
         assert client.retries > 0
     assert [r["type"] for r in replies] == ["prediction"] * 200
+
+
+def run_predict_script(*args):
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    return subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "predict.py"), *args], cwd="/",
+                          env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_the_predict_script_prints_the_reply_or_the_error(server, keys):
+    url = predict_url(server, "iris")
+    done = run_predict_script("--url", url, "--key", keys["all"], "5.1", "3.5", "1.4", "0.2")
+    assert done.returncode == 0, done.stderr
+    reply = json.loads(done.stdout)
+    assert reply["type"] == "prediction" and reply["outputs"][0]["label"] == "setosa"
+
+    bad = run_predict_script("--url", url, "--key", keys["all"], "--encoding", "msgpack", "5.1", "3.5")
+    assert bad.returncode == 1
+    assert json.loads(bad.stdout)["error"]["code"] == "invalid_input"
+
+    refused = run_predict_script("--url", url, "--key", "wrong", "5.1", "3.5", "1.4", "0.2")
+    assert refused.returncode == 1 and "4401" in refused.stderr
