@@ -8,7 +8,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 export PLATFORM_DATA_DIR ?= $(CURDIR)/data
 
-.PHONY: setup system-deps run serve test bench soak lint mutation clean
+.PHONY: setup system-deps run serve test bench soak lint mutation clean proto
 
 $(VENV)/.installed: pyproject.toml frontend/package-lock.json
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ setup: $(VENV)/.installed
 
 system-deps:
 	bash scripts/system-deps.sh
+
+# The gRPC service's compiled descriptors, from streaming/oip/rpc/inference.proto (docs/oip.md).
+proto: setup
+	PY=$(PY) bash scripts/generate_oip_protos.sh
 
 # Development server on the embedded defaults: SQLite, in-memory channel layer,
 # demo models; authentication stays on (a demo key is written to data/).

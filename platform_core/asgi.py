@@ -23,8 +23,10 @@ from django.conf import settings  # noqa: E402
 from platform_core.lifecycle import on_shutdown  # noqa: E402
 from platform_core.routing import websocket_application  # noqa: E402
 from streaming.oip.app import OpenInferenceApp  # noqa: E402
+from streaming.oip.infer import inferences  # noqa: E402
 
-open_inference_app = OpenInferenceApp(django_asgi_app)
+# The process's infer requests, shared with the gRPC service (--grpc-port).
+open_inference_app = OpenInferenceApp(django_asgi_app, inferences)
 # Before the WebSocket connections drain (order 10): from then on /v2/health/ready says 503.
 on_shutdown(open_inference_app.drain, order=9)
 

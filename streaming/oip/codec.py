@@ -10,7 +10,7 @@ finiteness by the model's schema, as every other request is.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -32,6 +32,14 @@ class TensorError(ValueError):
     """A request's tensors cannot be read as the model's rows; the message says why."""
 
 
+class Tensor(NamedTuple):
+    """An input tensor as either protocol carries it: its name, shape and values, flat in row-major order."""
+
+    name: str
+    shape: list[int]
+    values: list[Any]
+
+
 def output_names(entry: ServedVersion) -> tuple[str, ...]:
     """The outputs ``entry`` answers with, by the protocol's names."""
     if entry.task == "classification" and entry.classes is not None:
@@ -47,8 +55,8 @@ def _flatten(data: Any, out: list[Any]) -> None:
             out.append(value)
 
 
-def _values(tensor: dict[str, Any]) -> tuple[str, list[int], list[Any]]:
-    """A tensor's name, shape and flat values, checked against its datatype."""
+def json_tensor(tensor: Any) -> Tensor:
+    """A JSON input tensor's name, shape and flat values, checked against its datatype."""
     if type(tensor) is not dict:
         raise TensorError("Each input must be an object with name, shape, datatype and data.")
     name = tensor.get("name")
@@ -76,14 +84,20 @@ def _values(tensor: dict[str, Any]) -> tuple[str, list[int], list[Any]]:
                 raise TensorError(f"Input {name!r}: {value!r} is not a {datatype} value.")
         elif kind is not float and kind is not int:
             raise TensorError(f"Input {name!r}: {value!r} is not a {datatype} value.")
-    return name, shape, flat
+    return Tensor(name, shape, flat)
 
 
-def rows(inputs: Any, features: list[str]) -> list[list[Any]]:
-    """The request's rows in the model's feature order, for its schema to check; raises ``TensorError``."""
+def json_tensors(inputs: Any) -> list[Tensor]:
+    """The ``inputs`` of a JSON request; raises ``TensorError``."""
     if type(inputs) is not list or not inputs:
         raise TensorError("inputs must be a non-empty list of tensors.")
-    tensors = [_values(tensor) for tensor in inputs]
+    return [json_tensor(tensor) for tensor in inputs]
+
+
+def rows(tensors: list[Tensor], features: list[str]) -> list[list[Any]]:
+    """The request's rows in the model's feature order, for its schema to check; raises ``TensorError``."""
+    if not tensors:
+        raise TensorError("inputs must be a non-empty list of tensors.")
     n_features = len(features)
     if len(tensors) == 1 and tensors[0][0] not in features:
         name, shape, flat = tensors[0]
@@ -110,17 +124,23 @@ def rows(inputs: Any, features: list[str]) -> list[list[Any]]:
     return [list(row) for row in zip(*(columns[name] for name in features), strict=True)]
 
 
-def requested_outputs(body: dict[str, Any], entry: ServedVersion) -> tuple[str, ...]:
-    """The output names the request asks for (all when it names none); raises ``TensorError`` for an unknown one."""
+def json_output_names(body: dict[str, Any]) -> list[Any] | None:
+    """The output names a JSON request asks for; None when it names none."""
     outputs = body.get("outputs")
-    available = output_names(entry)
     if outputs is None:
-        return available
+        return None
     if type(outputs) is not list:
         raise TensorError("outputs must be a list of objects with a name.")
+    return [output.get("name") if type(output) is dict else None for output in outputs]
+
+
+def requested_outputs(asked: list[Any] | None, entry: ServedVersion) -> tuple[str, ...]:
+    """The output names a request asks for (all when it names none); raises ``TensorError`` for an unknown one."""
+    available = output_names(entry)
+    if not asked:
+        return available
     names: list[str] = []
-    for output in outputs:
-        name = output.get("name") if type(output) is dict else None
+    for name in asked:
         if name not in available:
             raise TensorError(f"Unknown output {name!r}: {entry.name} answers with {', '.join(available)}.")
         names.append(name)

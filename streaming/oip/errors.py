@@ -25,14 +25,22 @@ def status_of(exc: InferenceError) -> int:
 
 
 class HttpError(StreamingError):
-    """An infer or metadata request is refused with ``status``; ``code`` is its outcome for the log."""
+    """An infer or metadata request is refused with ``status``; ``code`` is its outcome for the log.
+
+    The status is the HTTP one; the gRPC service says it as a gRPC code
+    (``streaming.oip.rpc.status``). ``shutting_down`` marks the refusal of a
+    server that drains, which gRPC says as UNAVAILABLE rather than as the
+    RESOURCE_EXHAUSTED of a full queue.
+    """
 
     def __init__(self, status: int, code: str, message: str, *, retry_after_s: int | None = None,
-                 headers: list[tuple[bytes, bytes]] | None = None) -> None:
+                 headers: list[tuple[bytes, bytes]] | None = None, shutting_down: bool = False) -> None:
         super().__init__(message)
         self.status = status
         self.code = str(code)
         self.message = message
+        self.shutting_down = shutting_down
+        self.retry_after_s = None if retry_after_s is None else max(1, retry_after_s)
         self._headers = list(headers or [])
         if retry_after_s is not None:
             self._headers.append((b"retry-after", str(max(1, retry_after_s)).encode()))

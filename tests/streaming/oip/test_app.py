@@ -157,8 +157,12 @@ async def test_the_body_is_read_in_pieces_and_reading_stops_at_the_limit():
 async def test_a_response_that_cannot_be_sent_is_reported_not_delivered(app, service, api_key, reported):
     key = await known_key(app, api_key)
 
+    bodies = [{"type": "http.request", "body": json.dumps(infer([IRIS_ROW], rid="gone")).encode()}]
+
     async def receive():
-        return {"type": "http.request", "body": json.dumps(infer([IRIS_ROW], rid="gone")).encode()}
+        if bodies:
+            return bodies.pop()
+        await asyncio.Event().wait()  # no disconnect until the response fails
 
     async def send(message):
         raise OSError("the connection had closed")

@@ -25,15 +25,20 @@ def tensor(name, shape, data, datatype="FP64"):
     return {"name": name, "shape": shape, "datatype": datatype, "data": data}
 
 
+def rows(inputs, features):
+    """A JSON request's ``inputs`` as the model's rows."""
+    return codec.rows(codec.json_tensors(inputs), features)
+
+
 @pytest.mark.parametrize("data", [[1, 2, 3, 4, 5, 6], [[1, 2, 3], [4, 5, 6]]])
 @pytest.mark.parametrize("datatype", sorted(codec.DATATYPES))
 def test_one_matrix_tensor_flat_or_nested_of_every_numeric_type(data, datatype):
-    assert codec.rows([tensor("input", [2, 3], data, datatype)], FEATURES) == [[1, 2, 3], [4, 5, 6]]
+    assert rows([tensor("input", [2, 3], data, datatype)], FEATURES) == [[1, 2, 3], [4, 5, 6]]
 
 
 def test_one_tensor_per_feature_in_any_order_with_shape_n_or_n_by_1():
     inputs = [tensor("c", [2], [3.0, 6.0]), tensor("a", [2, 1], [[1.0], [4.0]]), tensor("b", [2], [2, 5], "INT32")]
-    assert codec.rows(inputs, FEATURES) == [[1.0, 2, 3.0], [4.0, 5, 6.0]]
+    assert rows(inputs, FEATURES) == [[1.0, 2, 3.0], [4.0, 5, 6.0]]
 
 
 @pytest.mark.parametrize(("inputs", "message"), [
@@ -58,7 +63,7 @@ def test_one_tensor_per_feature_in_any_order_with_shape_n_or_n_by_1():
 ])
 def test_tensors_that_are_not_the_models_rows_are_refused_with_a_reason(inputs, message):
     with pytest.raises(TensorError) as caught:
-        codec.rows(inputs, FEATURES)
+        rows(inputs, FEATURES)
     assert message in str(caught.value)
 
 
@@ -76,10 +81,16 @@ def test_regressor_outputs_value():
     assert tensors == [{"name": "value", "datatype": "FP64", "shape": [2], "data": [1.5, 2.5]}]
 
 
+def requested(body, entry):
+    return codec.requested_outputs(codec.json_output_names(body), entry)
+
+
 def test_the_outputs_filter_is_honoured_and_an_unknown_name_refused():
-    assert codec.requested_outputs({"outputs": [{"name": "label"}]}, classifier()) == ("label",)
-    assert codec.requested_outputs({}, classifier()) == ("label", "probabilities")
+    assert requested({"outputs": [{"name": "label"}]}, classifier()) == ("label",)
+    assert requested({}, classifier()) == ("label", "probabilities")
     with pytest.raises(TensorError, match="Unknown output 'value'"):
-        codec.requested_outputs({"outputs": [{"name": "value"}]}, classifier())
+        requested({"outputs": [{"name": "value"}]}, classifier())
     with pytest.raises(TensorError, match="Unknown output 'label'"):
-        codec.requested_outputs({"outputs": [{"name": "label"}]}, regressor())
+        requested({"outputs": [{"name": "label"}]}, regressor())
+    with pytest.raises(TensorError, match="must be a list"):
+        requested({"outputs": "label"}, classifier())
