@@ -6,9 +6,13 @@ Rules, after Ray Serve's ``batching.py`` and MLServer's adaptive batcher:
   requests' futures and on no other;
 - the model's output length is checked against the batch length;
 - the queue and the worker task are created inside the running event loop;
-- an empty queue never waits: the worker sleeps until a request arrives;
-  while it waits for company it is woken only when a full batch is queued
-  or the oldest request's delay is up, not by every request in between;
+- an idle model never waits for company: the worker sleeps until a request
+  arrives and runs it at once (with whatever arrived in the same pass of the
+  event loop); requests that arrive while a batch runs form the next one.
+  Only a busy model (its last batch left requests queued) waits, and only
+  with ``max_delay_ms`` above zero, for a fuller batch; while it waits it is
+  woken only when a full batch is queued or the oldest request's delay is
+  up, not by every request in between;
 - the queue is bounded: a full queue raises ``Overloaded`` at submission;
 - a request whose deadline passed while it waited is answered ``timeout`` and
   never run;
@@ -191,16 +195,22 @@ class DynamicBatcher:
 
     async def _work(self, wakeup: asyncio.Event) -> None:
         queue = self._queue
+        # Whether the model is busy: requests were queued when its last batch
+        # ended. An idle model runs what arrives at once, so a request that
+        # finds it free pays no delay for company that is not coming.
+        busy = False
         while True:
             if not queue:
+                busy = False
                 wakeup.clear()
                 await wakeup.wait()
                 continue
-            if self.max_delay_s > 0 and self._queued_rows < self.max_batch_size:
+            if busy and self.max_delay_s > 0 and self._queued_rows < self.max_batch_size:
                 await self._wait_for_more(queue, wakeup)
             batch = self._take(queue)
             if batch:
                 await self._run(batch)
+            busy = bool(queue)
 
     async def _wait_for_more(self, queue: deque[_Pending], wakeup: asyncio.Event) -> None:
         """Wait, at most until the oldest request is ``max_delay_ms`` old, for a full batch."""

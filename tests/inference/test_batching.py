@@ -70,57 +70,93 @@ async def test_a_lone_request_larger_than_a_batch_does_not_wait_for_the_delay(ma
 # -- the delay limit ------------------------------------------------------------------
 
 
-async def test_a_lone_request_waits_max_delay_ms_for_company(make_batcher, model):
-    batcher = make_batcher(max_batch_size=16, max_delay_ms=50)
+async def busy(batcher, model, first_id: int = 0):
+    """Make the model busy: a first request inside a held model call. Returns its future."""
+    model.hold()
+    first = batcher.submit(rows_for(first_id), timeout_s=10)
+    await wait_until_started(model)
+    return first
+
+
+@pytest.mark.parametrize("max_delay_ms", [0, 5000])
+async def test_a_lone_request_on_an_idle_model_runs_at_once_whatever_max_delay_ms(make_batcher, model, max_delay_ms):
+    batcher = make_batcher(max_batch_size=16, max_delay_ms=max_delay_ms)
     started = time.perf_counter()
-    (result,) = await answers(batcher.submit(rows_for(1), timeout_s=10))
-    elapsed_ms = (time.perf_counter() - started) * 1000.0
-
-    # The event loop's timers may fire up to a clock tick early.
-    assert 48 <= result.queue_ms < 500
-    assert 48 <= elapsed_ms < 500
-    assert model.sizes == [1]
-
-
-async def test_a_lone_request_is_run_at_once_when_max_delay_ms_is_zero(make_batcher, model):
-    batcher = make_batcher(max_batch_size=16, max_delay_ms=0)
     (result,) = await answers(batcher.submit(rows_for(1), timeout_s=10))
 
     assert result.queue_ms < 40
+    assert (time.perf_counter() - started) < 0.5
     assert model.sizes == [1]
+
+
+async def test_requests_that_arrive_while_a_batch_runs_form_the_next_one(make_batcher, model):
+    batcher = make_batcher(max_batch_size=16, max_delay_ms=0)
+    first = await busy(batcher, model)
+    later = [batcher.submit(rows_for(i), timeout_s=10) for i in range(1, 6)]
+    model.release()
+    await answers(first, *later)
+
+    assert model.sizes == [1, 5]
+
+
+async def test_a_busy_model_waits_max_delay_ms_for_company(make_batcher, model):
+    batcher = make_batcher(max_batch_size=16, max_delay_ms=50)
+    first = await busy(batcher, model)
+    queued_while_busy = batcher.submit(rows_for(1), timeout_s=10)
+    model.release()
+    _, result = await answers(first, queued_while_busy)
+
+    # Counted from its arrival; the event loop's timers may fire up to a clock tick early.
+    assert 48 <= result.queue_ms < 500
+    assert model.sizes == [1, 1]
 
 
 async def test_a_batch_that_fills_before_the_delay_runs_at_once(make_batcher, model):
     batcher = make_batcher(max_batch_size=4, max_delay_ms=5000)
+    first = await busy(batcher, model)
+    second = batcher.submit(rows_for(1), timeout_s=10)
     started = time.perf_counter()
-    first = batcher.submit(rows_for(1), timeout_s=10)
+    model.release()
     await asyncio.sleep(0.01)  # the worker is now waiting for company
     others = [batcher.submit(rows_for(i), timeout_s=10) for i in (2, 3, 4)]
-    results = await asyncio.wait_for(asyncio.gather(first, *others), 2)
+    results = await asyncio.wait_for(asyncio.gather(first, second, *others), 2)
 
     assert (time.perf_counter() - started) < 0.5
-    assert model.sizes == [4]
-    assert [r.batch_size for r in results] == [4, 4, 4, 4]
+    assert model.sizes == [1, 4]
+    assert [r.batch_size for r in results[1:]] == [4, 4, 4, 4]
 
 
 async def test_the_delay_counts_from_the_oldest_request_not_the_newest(make_batcher, model):
     batcher = make_batcher(max_batch_size=100, max_delay_ms=100)
+    first = await busy(batcher, model, first_id=99)
     started = time.perf_counter()
-    first = batcher.submit(rows_for(0), timeout_s=10)
+    oldest = batcher.submit(rows_for(0), timeout_s=10)
+    model.release()
     answered_at: list[float] = []
-    first.add_done_callback(lambda _: answered_at.append(time.perf_counter()))
-    futures = [first]
+    oldest.add_done_callback(lambda _: answered_at.append(time.perf_counter()))
+    futures = [oldest]
     # Keep a trickle of arrivals coming for three times the delay.
     for i in range(1, 11):
         await asyncio.sleep(0.03)
         futures.append(batcher.submit(rows_for(i), timeout_s=10))
-    results = await answers(*futures)
+    results = await answers(first, *futures)
 
-    # Had each arrival restarted the wait, the first answer would come after about 400 ms.
-    assert 95 <= results[0].queue_ms < 250
+    # Had each arrival restarted the wait, the oldest's answer would come after about 400 ms.
+    assert 95 <= results[1].queue_ms < 250
     assert (answered_at[0] - started) * 1000.0 < 250
-    assert model.calls >= 2
-    assert sum(model.sizes) == 11
+    assert model.calls >= 3
+    assert sum(model.sizes) == 12
+
+
+async def test_a_model_that_went_idle_runs_the_next_request_at_once_again(make_batcher, model):
+    batcher = make_batcher(max_batch_size=16, max_delay_ms=5000)
+    first = await busy(batcher, model)
+    model.release()
+    await answers(first)
+    await asyncio.sleep(0.01)  # the queue emptied: the model is idle again
+    (result,) = await answers(batcher.submit(rows_for(1), timeout_s=10))
+
+    assert result.queue_ms < 40
 
 
 # -- the empty queue ------------------------------------------------------------------

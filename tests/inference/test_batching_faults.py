@@ -252,6 +252,11 @@ async def test_abandoned_requests_dropped_at_a_full_queue_no_longer_count_toward
     assert model.sizes == [4, 4]  # the last arrival filled the batch, not an abandoned request's rows
 
 
+async def calls_reached(model, calls: int) -> None:
+    while model.calls < calls:
+        await asyncio.sleep(0.001)
+
+
 async def test_requests_dropped_unrun_no_longer_count_towards_a_full_batch(make_batcher, model):
     # While it waits for company the worker is woken by a full batch only;
     # rows of requests abandoned or expired in the queue must stop counting,
@@ -272,19 +277,31 @@ async def test_requests_dropped_unrun_no_longer_count_towards_a_full_batch(make_
     assert served.batch_size == 1
     assert isinstance(late, DeadlineExceeded)
 
-    # One row at a time, so that a single row too many or too few counted shows.
+    # The model busy again, then one row at a time while it waits for company,
+    # so that a single row too many or too few counted shows.
+    model.hold()
+    blocker = batcher.submit(rows_for(9, 16), timeout_s=10)
+    await asyncio.wait_for(calls_reached(model, 3), 5)
+    waiting = batcher.submit(rows_for(10), timeout_s=10)
+    model.release()
     started = time.perf_counter()
-    results = await answers(*await arriving_one_by_one(batcher, range(10, 26)))
+    results = await answers(waiting, *await arriving_one_by_one(batcher, range(11, 26)))
+    await answers(blocker)
     assert time.perf_counter() - started < 2.5  # the sixteenth request filled the batch
     assert [result.batch_size for result in results] == [16] * 16
-    assert model.sizes == [16, 1, 16]
+    assert model.sizes == [16, 1, 16, 16]
     assert not any(model.seen(request) for request in (1, 3, 4))
 
 
-async def test_a_lone_request_waits_for_company_half_its_own_deadline_at_most(make_batcher, model):
+async def test_a_request_waits_for_company_half_its_own_deadline_at_most(make_batcher, model):
     batcher = make_batcher(max_batch_size=16, max_delay_ms=5000)
+    model.hold()
+    busy = batcher.submit(rows_for(0), timeout_s=10)  # the model is busy: what queues behind it may wait
+    await wait_until_started(model)
     started = time.perf_counter()
-    (result,) = await answers(batcher.submit(rows_for(7), timeout_s=0.2))
+    queued = batcher.submit(rows_for(7), timeout_s=0.2)
+    model.release()
+    _, result = await answers(busy, queued)
     assert time.perf_counter() - started < 2.0
     assert 95 <= result.queue_ms < 1000  # half of its 200 ms
     np.testing.assert_array_equal(result.outputs, rows_for(7).sum(axis=1))

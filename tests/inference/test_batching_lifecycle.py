@@ -43,12 +43,15 @@ def test_requests_left_queued_by_an_ended_loop_are_not_run_in_the_next(executor)
     batcher = DynamicBatcher(model, executor=executor, max_batch_size=2, max_delay_ms=5000, queue_capacity=10)
 
     async def queue_and_leave() -> None:
-        # The loop ends while its worker waits for company: this request can never be answered.
+        # The loop ends while the model is busy: the request queued behind it can never be answered.
+        model.hold()
+        batcher.submit(rows_for(0, 2), timeout_s=10)
+        await asyncio.to_thread(model.started.wait, 5)
         batcher.submit(rows_for(1), timeout_s=10)
         await asyncio.sleep(0.01)
 
     async def serve() -> np.ndarray:
-        # A full batch, so it runs without waiting for the delay.
+        model.release()
         result = await asyncio.wait_for(batcher.submit(rows_for(2, 2), timeout_s=10), 2)
         return result.outputs
 
@@ -57,7 +60,7 @@ def test_requests_left_queued_by_an_ended_loop_are_not_run_in_the_next(executor)
 
     np.testing.assert_array_equal(outputs, rows_for(2, 2).sum(axis=1))
     assert not model.seen(1)
-    assert model.sizes == [2]
+    assert model.sizes == [2, 2]
 
 
 async def test_a_batcher_left_over_from_a_loop_that_still_exists_serves_this_one(executor):
