@@ -5,7 +5,7 @@ from django.urls import path
 
 from frontend import views as frontend_views
 from monitoring.views import metrics as metrics_view
-from streaming import deploy_api
+from streaming import deploy_api, rollout_api
 
 
 def healthz(request):
@@ -30,4 +30,10 @@ urlpatterns = [
          name="deploy-activate"),
     path("api/v1/models/<str:name>/versions/<int:number>/retire", deploy_api.retire_version, name="deploy-retire"),
     path("api/v1/models/<str:name>/rollback", deploy_api.rollback, name="deploy-rollback"),
+    # Progressive rollout (streaming/rollout_api.py).
+    path("api/v1/models/<str:name>/rollout", rollout_api.rollout_detail, name="rollout"),
+    path("api/v1/models/<str:name>/rollout/shadow", rollout_api.set_shadow, name="rollout-shadow"),
+    path("api/v1/models/<str:name>/rollout/canary", rollout_api.set_canary, name="rollout-canary"),
+    path("api/v1/models/<str:name>/rollout/promote", rollout_api.promote, name="rollout-promote"),
+    path("api/v1/models/<str:name>/rollout/abort", rollout_api.abort, name="rollout-abort"),
 ]
