@@ -109,7 +109,9 @@ def promote(request: HttpRequest, deployer: Deployer, name: str) -> HttpResponse
 @deploy_endpoint("POST")
 def abort(request: HttpRequest, deployer: Deployer, name: str) -> HttpResponse:
     reason = str(_params(request).get("reason") or "")[:500]
-    return JsonResponse(describe_rollout(changes.abort(name, reason=reason, **_audit(request, deployer))))
+    audit = _audit(request, deployer)
+    model = changes.abort(name, reason=reason, actor=audit["actor"], source=audit["source"], address=audit["address"])
+    return JsonResponse(describe_rollout(model))
 
 
 __all__ = ["abort", "describe_rollout", "promote", "rollout_detail", "set_canary", "set_shadow"]
