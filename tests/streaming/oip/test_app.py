@@ -172,3 +172,45 @@ async def test_a_response_that_cannot_be_sent_is_reported_not_delivered(app, ser
     await app(scope, receive, send)
     assert [(e.request_id, e.outcome, e.protocol) for e in reported] == [("gone", "not_delivered", "http")]
     assert "closed before the response" in reported[0].error
+
+
+async def test_a_client_that_disconnects_while_its_request_is_queued_has_it_dropped_unrun(
+        app, service, api_key, controlled, reported):
+    key = await known_key(app, api_key)
+    controlled.release.clear()
+    batcher = service.entry("test-controlled").batcher
+    held = start(app, "POST", "/v2/models/test-controlled/infer", infer([[1, 1]], rid="held"), key)
+    await until(lambda: batcher.in_flight_rows == 1)
+    leaving = start(app, "POST", "/v2/models/test-controlled/infer", infer([[2, 2]] * 3, rid="leaving"), key)
+    await until(lambda: batcher.queue_depth == 1)
+    leaving.input_queue.put_nowait({"type": "http.disconnect"})
+    await until(lambda: any(e.request_id == "leaving" for e in reported))
+    controlled.release.set()
+    assert (await answer(held))[0] == 200
+    await leaving.wait(timeout=5)
+    assert {e.request_id: e.outcome for e in reported if e.model == "test-controlled"} == {
+        "held": "ok", "leaving": "not_delivered"}
+    assert "it was not run" in next(e.error for e in reported if e.request_id == "leaving")
+    assert 3 not in controlled.calls  # the three-row request never reached the model
+
+
+async def test_while_draining_infer_is_refused_503_and_accepted_requests_are_answered(
+        app, service, api_key, controlled, reported):
+    key = await known_key(app, api_key)
+    controlled.release.clear()
+    batcher = service.entry("test-controlled").batcher
+    held = start(app, "POST", "/v2/models/test-controlled/infer", infer([[1, 2]], rid="held"), key)
+    await until(lambda: batcher.in_flight_rows == 1)
+    draining = asyncio.ensure_future(app.drain(timeout_s=5.0))
+    await until(lambda: app.draining)
+    status, headers, reply = await answer(start(app, "POST", "/v2/models/iris/infer", infer([IRIS_ROW], rid="late"),
+                                                key))
+    assert status == 503 and int(headers[b"retry-after"]) >= 1 and "shutting down" in reply["error"]
+    assert not draining.done()  # the accepted request is still waited for
+    controlled.release.set()
+    status, _, reply = await answer(held)
+    assert status == 200 and reply["outputs"][0]["data"] == [3.0]
+    await asyncio.wait_for(draining, 5)
+    # The refusal comes before the body is read: its record has the model, not the id.
+    assert [(e.model, e.outcome) for e in reported if e.model in ("test-controlled", "iris")] == [
+        ("iris", "overloaded"), ("test-controlled", "ok")]
