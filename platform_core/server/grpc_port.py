@@ -7,7 +7,8 @@ the asyncio loop that daphne's Twisted reactor runs, after the application
 (``streaming.oip.infer.inferences``) with the HTTP application, and is
 stopped at shutdown after they drain (``platform_core.lifecycle``). A port
 that cannot be bound stops the server: a platform asked to serve gRPC must
-not run without it.
+not run without it. Under ``--workers``, each worker serves the port
+(SO_REUSEPORT) and the kernel spreads the connections among them.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +51,8 @@ def _start(host: str, port: int) -> None:
     from streaming.oip.infer import inferences
     from streaming.oip.rpc.server import GrpcService
 
-    service = GrpcService(host, port, inferences)
+    # Under --workers, every worker serves the port (platform_core.server.workers sets the index).
+    service = GrpcService(host, port, inferences, share_port="PLATFORM_WORKER_INDEX" in os.environ)
     started = asyncio.ensure_future(service.start())
     started.add_done_callback(_started)
     on_shutdown(service.stop, order=SHUTDOWN_ORDER)

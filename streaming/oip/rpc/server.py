@@ -31,11 +31,14 @@ STOP_GRACE_S = 1.0
 class GrpcService:
     """``inference.GRPCInferenceService`` on ``host:port``; ``port`` 0 takes a free one (see ``bound_port``)."""
 
-    def __init__(self, host: str, port: int, inferences: Inferences) -> None:
+    def __init__(self, host: str, port: int, inferences: Inferences, *, share_port: bool = False) -> None:
         if not 0 <= port <= 65535:
             raise ValueError(f"port must be between 0 and 65535, got {port}.")
         self.address = f"{host}:{port}"
         self.inferences = inferences
+        #: Several worker processes bind the same port (SO_REUSEPORT) and the kernel spreads the connections;
+        #: a single process must not, or a port another process holds would be shared without a word.
+        self.share_port = share_port
         self.bound_port: int | None = None
         self._server: grpc.aio.Server | None = None
 
@@ -45,6 +48,7 @@ class GrpcService:
         server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", -1),
+            ("grpc.so_reuseport", int(self.share_port)),
         ])
         server.add_generic_rpc_handlers((method_handlers(InferenceServicer(self.inferences)),))
         self.bound_port = server.add_insecure_port(self.address)
