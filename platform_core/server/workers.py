@@ -2,22 +2,24 @@
 
 One Python process serves on one core (its event loop); ``--workers N``
 starts N of them (``auto``: one per core this process may run on). The
-parent binds the listening socket once and hands the same socket to every
-worker (as systemd's socket activation does, which daphne's ``systemd:``
-endpoint adopts), rather than each worker binding its own
-with ``SO_REUSEPORT``:
+parent binds one listening socket per worker on the same port with
+``SO_REUSEPORT`` and keeps them all; it hands each worker its own socket as
+systemd's socket activation does (fd 3, ``LISTEN_FDS``), which daphne adopts
+with its ``systemd:`` endpoint. Why this shape:
 
-- the socket and its queue of connections belong to the parent, so a worker
-  that dies loses no connection waiting to be accepted, and the others
-  accept every new one at once while its replacement starts (with
-  ``SO_REUSEPORT`` the kernel keeps hashing a share of new connections to
-  the dead worker's socket until the replacement listens, which takes as
-  long as loading the models);
-- bind errors (port in use, no permission) surface once, in the parent,
-  before any worker loads its models; ``-p 0`` gives every worker the port;
-- the cost: whichever idle worker wakes first accepts, so connections opened
-  in one burst may spread unevenly. A busy event loop wakes later, which
-  steers new connections to the less busy workers.
+- one socket per worker, because the kernel then spreads new connections
+  evenly over the workers by their addresses. With one socket shared by all,
+  every idle worker wakes for a new connection and the first one accepts
+  everything queued: a burst of connections (a load balancer opening its
+  pool, clients reconnecting after a drain) all land on one worker;
+- the parent holds the sockets, so a worker that dies loses no connection
+  waiting in its queue: its replacement adopts the same socket and accepts
+  them (they wait while it loads its models, with no error), and the port
+  never has to be bound again;
+- the parent binds, so bind errors (port in use, no permission) surface
+  once, before any worker loads its models; ``-p 0`` gives every worker the
+  same port. It first binds without ``SO_REUSEPORT``, so that it never
+  silently shares a port with another server already on it.
 
 Each worker is a full server of its own: its models, batchers, prediction
 log writer and journal (``journal-<pid>-*``), its drain on SIGTERM. They
@@ -118,10 +120,15 @@ def parse(argv: Sequence[str]) -> tuple[WorkerOptions | None, list[str]]:
     return WorkerOptions(known.workers, bound.host, bound.port, daphne_args), rest
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """The listening socket every worker accepts on."""
+def bind(host: str, port: int, count: int) -> list[socket.socket]:
+    """``count`` listening sockets on one port, one per worker; OSError if the port is taken."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    return socket.create_server((host.strip("[]"), port), family=family, backlog=BACKLOG)
+    address = host.strip("[]")
+    # Without SO_REUSEPORT first: fails if anything listens there, and picks the port for -p 0.
+    with socket.create_server((address, port), family=family) as probe:
+        port = probe.getsockname()[1]
+    return [socket.create_server((address, port), family=family, backlog=BACKLOG, reuse_port=True)
+            for _ in range(count)]
 
 
 #: Where a worker finds the socket: the first descriptor of systemd's socket-activation protocol.
@@ -148,6 +155,8 @@ def _become_worker(parent_pid: int, listener_fd: int, environment: dict[str, str
 @dataclass
 class Worker:
     index: int
+    #: Its socket, kept by the parent for the worker's replacements.
+    listener: socket.socket
     process: subprocess.Popen[bytes] | None = None
     started: float = 0.0
     #: Deaths in a row, each within MIN_UPTIME_S of its start.
@@ -159,14 +168,13 @@ class Worker:
 class Supervisor:
     """Starts the workers on one socket, replaces those that die, and stops them all on SIGTERM or SIGINT."""
 
-    def __init__(self, options: WorkerOptions, listener: socket.socket, *, metrics_dir: str) -> None:
+    def __init__(self, options: WorkerOptions, listeners: list[socket.socket], *, metrics_dir: str) -> None:
         self.options = options
-        self.listener = listener
         self.metrics_dir = metrics_dir
-        family = "INET6" if listener.family == socket.AF_INET6 else "INET"
+        family = "INET6" if listeners[0].family == socket.AF_INET6 else "INET"
         self.command = [sys.executable, "-m", "platform_core.server",
                         "-e", f"systemd:domain={family}:index=0", *options.daphne_args]
-        self.workers = [Worker(index) for index in range(options.workers)]
+        self.workers = [Worker(index, listener) for index, listener in enumerate(listeners)]
         self._stop = threading.Event()
         self._signals = 0
 
@@ -185,7 +193,7 @@ class Supervisor:
 
     def _start(self, worker: Worker) -> None:
         environment = {"PROMETHEUS_MULTIPROC_DIR": self.metrics_dir, "PLATFORM_WORKER_INDEX": str(worker.index)}
-        parent, fd = os.getpid(), self.listener.fileno()
+        parent, fd = os.getpid(), worker.listener.fileno()
         # close_fds=False: Python opens every descriptor close-on-exec, and the
         # socket must reach fd 3, which pass_fds cannot name when it is not open here.
         worker.process = subprocess.Popen(
@@ -238,7 +246,8 @@ class Supervisor:
 
     def _drain(self) -> int:
         """SIGTERM to every worker, then wait for their drain; returns the exit status of the server."""
-        self.listener.close()  # the workers keep their copies until they stop listening
+        for worker in self.workers:
+            worker.listener.close()  # each worker keeps its copy until it stops listening
         self._send_all(signal.SIGTERM)
         deadline = time.monotonic() + STOP_TIMEOUT_S
         status = 0
@@ -262,7 +271,7 @@ class Supervisor:
     def run(self) -> int:
         previous = {signum: signal.signal(signum, self._on_signal) for signum in (signal.SIGTERM, signal.SIGINT)}
         try:
-            host, port = self.listener.getsockname()[:2]
+            host, port = self.workers[0].listener.getsockname()[:2]
             logger.info("Serving on %s:%d with %d workers (metrics in %s)", host, port, len(self.workers),
                         self.metrics_dir)
             for worker in self.workers:
@@ -292,7 +301,7 @@ def supervise(options: WorkerOptions) -> int:
     """Serve with ``options.workers`` processes until SIGTERM or SIGINT; returns the exit status."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)-15s %(levelname)-8s %(message)s")
     try:
-        listener = bind(options.host, options.port)
+        listeners = bind(options.host, options.port, options.workers)
     except OSError as exc:
         logger.error("Could not listen on %s:%d: %s", options.host, options.port, exc)
         return 1
@@ -300,9 +309,10 @@ def supervise(options: WorkerOptions) -> int:
     # prometheus_client reads the variable when it is first imported, which happens after this line.
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     try:
-        return Supervisor(options, listener, metrics_dir=metrics_dir).run()
+        return Supervisor(options, listeners, metrics_dir=metrics_dir).run()
     finally:
-        listener.close()
+        for listener in listeners:
+            listener.close()
         if owned:
             shutil.rmtree(metrics_dir, ignore_errors=True)
 
