@@ -10,10 +10,12 @@ daphne has no other way to choose the WebSocket protocol class.
 
 from __future__ import annotations
 
+import sys
+
 from daphne.cli import CommandLineInterface
 from daphne.server import Server
 
-from platform_core.server import closing, coalescing, send_frame, unmasking
+from platform_core.server import closing, coalescing, grpc_port, send_frame, unmasking, workers
 from platform_core.server.closing import (
     CloseCodesProtocol,
     GracefulDrainServer,
@@ -70,7 +72,13 @@ class PlatformCommandLineInterface(CommandLineInterface):
     def __init__(self):
         super().__init__()
         self.parser.prog = "python -m platform_core.server"  # rather than __main__.py in the usage line
+        grpc_port.add_argument(self.parser)
+
+    def run(self, args):
+        grpc_port.serve(args, self.parser)
+        super().run(args)
 
 
 def main() -> None:
-    PlatformCommandLineInterface.entrypoint()
+    # ``--workers N`` (N > 1) supervises N daphne processes on one socket and exits here.
+    PlatformCommandLineInterface().run(workers.supervise_or_pass(sys.argv[1:]))
