@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the distribution packages the test suite drives for real: Redis and
 # PostgreSQL servers (started by the tests when none is running), headless
-# Chromium for the dashboard tests and Prometheus for the metrics tests.
+# Chromium for the dashboard tests, Prometheus for the metrics tests and
+# HAProxy for the load balancer's configuration.
 set -euo pipefail
 
 need=()
@@ -12,6 +13,8 @@ fi
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+# HAProxy: tests/deploy checks deploy/haproxy/haproxy.cfg with `haproxy -c`.
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
 need=($(printf "%s\n" "${need[@]}" | sort -u))
 
 if [ ${#need[@]} -eq 0 ]; then

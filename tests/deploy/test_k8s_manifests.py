@@ -9,12 +9,11 @@ import subprocess
 import kubernetes_validate
 import pytest
 import yaml
-from asgiref.testing import ApplicationCommunicator
 from django.urls import resolve
 
-from streaming.oip.app import OpenInferenceApp
 from tests.support.commands import REPO_ROOT
 
+from .health import NOT_OURS, get
 from .manifests import K8S_DIR, KUSTOMIZATIONS, SECRET_EXAMPLE, Manifest, build, every_manifest, one, selects
 
 #: The oldest Kubernetes release still maintained when these were written, and the newest the tool knows.
@@ -60,30 +59,17 @@ def test_every_file_under_deploy_k8s_is_applied_by_a_kustomization():
     assert files - applied == {SECRET_EXAMPLE.resolve()}
 
 
-async def probe(path: str) -> tuple[int, bytes]:
-    async def django(scope, receive, send):  # what falls through to Django is no health endpoint
-        await send({"type": "http.response.start", "status": 404, "headers": []})
-        await send({"type": "http.response.body", "body": b""})
-
-    communicator = ApplicationCommunicator(OpenInferenceApp(django), {
-        "type": "http", "method": "GET", "path": path, "headers": [], "query_string": b""})
-    await communicator.send_input({"type": "http.request", "body": b"", "more_body": False})
-    start = await communicator.receive_output(timeout=10)
-    body = await communicator.receive_output(timeout=10)
-    return start["status"], body["body"]
-
-
 @pytest.mark.django_db
 async def test_the_probes_ask_the_platforms_health_endpoints():
     platform = container()
     live = platform["livenessProbe"]["httpGet"]["path"]
     ready = platform["readinessProbe"]["httpGet"]["path"]
     assert platform["startupProbe"]["httpGet"]["path"] == live
-    assert await probe(live) == (200, b'{"live":true}')
+    assert await get(live) == (200, b'{"live":true}')
     # Not ready in this test process (no models loaded), but the endpoint that says so.
-    status, body = await probe(ready)
+    status, body = await get(ready)
     assert (status, yaml.safe_load(body)) in ((200, {"ready": True}), (503, {"ready": False}))
-    assert (await probe("/v2/health/nothing"))[0] == 404
+    assert (await get("/v2/health/nothing"))[0] == NOT_OURS
 
 
 def test_the_ports_are_the_ones_the_server_listens_on():
