@@ -22,6 +22,7 @@ from . import deployment
 from .deployment import DEPLOY_PERMISSION
 from .exceptions import InferenceError
 from .models import DeploymentEvent, MLModel, ModelVersion
+from .rollout.admin import ROLLOUT_FIELDS, RolloutAdminMixin
 from .uploads import max_artifact_bytes
 
 
@@ -105,8 +106,9 @@ class VersionButtons:
 
 
 @admin.register(MLModel)
-class MLModelAdmin(admin.ModelAdmin):
+class MLModelAdmin(RolloutAdminMixin, admin.ModelAdmin):
     list_display = ["name", "task", "feature_count", "active_version_number", "created_at"]
+    exclude = ROLLOUT_FIELDS
     list_filter = ["task"]
     search_fields = ["name", "description"]
     inlines = [ModelVersionInline]
@@ -162,13 +164,15 @@ class MLModelAdmin(admin.ModelAdmin):
             path("<path:object_id>/deploy/<int:number>/activate/", view(self.activate_view), name=f"{name}_activate"),
             path("<path:object_id>/deploy/<int:number>/retire/", view(self.retire_view), name=f"{name}_retire"),
             path("<path:object_id>/deploy/rollback/", view(self.rollback_view), name=f"{name}_rollback"),
+            *self.rollout_urls(),
             *super().get_urls(),
         ]
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         obj = self.get_object(request, object_id)
         if obj is not None:
-            extra_context = {**(extra_context or {}), "deployment": self._panel(request, obj)}
+            extra_context = {**(extra_context or {}), "deployment": self._panel(request, obj),
+                             "rollout": self.rollout_panel(request, obj)}
         return super().change_view(request, object_id, form_url, extra_context)
 
     def _panel(self, request, obj):

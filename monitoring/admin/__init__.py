@@ -1,7 +1,8 @@
-"""The monitoring admin: the prediction log for auditors, and each model version's traffic in the registry's pages."""
+"""The monitoring admin: the prediction log and the shadow comparisons for auditors, and each model version's
+traffic and comparisons in the registry's pages."""
 
-from . import predictions, traffic
+from . import comparisons, predictions, traffic
 
 traffic.register()
 
-__all__ = ["predictions", "traffic"]
+__all__ = ["comparisons", "predictions", "traffic"]

@@ -12,6 +12,7 @@ from inference.admin import MLModelAdmin, ModelVersionAdmin, ModelVersionInline
 from inference.models import MLModel, ModelVersion
 
 from ..models import Outcome, PredictionRecord
+from .comparisons import ComparisonPanel
 
 
 def with_traffic(versions):
@@ -60,7 +61,7 @@ class ModelVersionTrafficInline(TrafficColumns, ModelVersionInline):
         return with_traffic(super().get_queryset(request))
 
 
-class MLModelTrafficAdmin(MLModelAdmin):
+class MLModelTrafficAdmin(ComparisonPanel, MLModelAdmin):
     inlines = [ModelVersionTrafficInline]
 
 
