@@ -3,6 +3,7 @@ from django.contrib.auth.views import LogoutView
 from django.http import JsonResponse
 from django.urls import path
 
+from frontend import agreement as frontend_agreement
 from frontend import views as frontend_views
 from monitoring.views import metrics as metrics_view
 from streaming import deploy_api, rollout_api
@@ -21,6 +22,7 @@ urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("metrics", metrics_view, name="metrics"),
     path("", frontend_views.dashboard, name="dashboard"),
+    path("dashboard/agreement.json", frontend_agreement.agreement, name="dashboard-agreement"),
     path("login/", frontend_views.LoginView.as_view(), name="login"),
     path("logout/", LogoutView.as_view(), name="logout"),
     # The deployment API for pipelines (streaming/deploy_api.py).
