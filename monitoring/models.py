@@ -76,3 +76,7 @@ class PredictionRecord(models.Model):
     @property
     def is_error(self):
         return self.outcome != Outcome.OK
+
+
+# The shadow comparisons' tables live with their feature (monitoring/comparisons/).
+from .comparisons.models import ShadowComparison, ShadowDisagreement  # noqa: E402, F401
