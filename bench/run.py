@@ -35,7 +35,8 @@ is checked against every request its clients saw answered.
 
 Last, the swap scenario (``bench.swap``, about a minute; ``--swaps 0`` leaves
 it out): two platform processes at half load while model versions are
-activated and rolled back.
+activated and rolled back; and the shadow-cost scenario (``bench.shadow``,
+about a minute; ``--no-shadow`` leaves it out).
 
 Results go to ``bench-results/<timestamp>/`` (``results.json``,
 ``results.md``, ``latency_vs_throughput.png``, the profiles, server logs) and
@@ -56,7 +57,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import machine, pinning, procstats, report, servers, swap
+from . import machine, pinning, procstats, report, servers, shadow, swap
 from .loadgen import LoadError, LoadResult, LoadSpec, format_line, run_load
 from .profiling import profile_under_load, py_spy
 
@@ -105,6 +106,8 @@ class Options:
     client_cpus: str = pinning.DEFAULT_CLIENT_CPUS
     #: Swaps of the swap scenario; 0 leaves it out.
     swaps: int = swap.SwapOptions.swaps
+    #: Whether to run the shadow-cost scenario.
+    shadow: bool = True
 
 
 def workload_name(model: str, rows: int) -> str:
@@ -295,6 +298,8 @@ def run(options: Options) -> Path:
             swap_results = run_swap_scenario(options, run_dir, placement)
             if swap_results is not None:
                 results["swap"] = swap_results
+        if options.shadow:
+            results["shadow"] = shadow.in_bench(options.encoding, run_dir, placement)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
         if not options.keep_data:
@@ -352,6 +357,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--keep-data", action="store_true", help="keep the servers' data directories")
     parser.add_argument("--swaps", type=int, default=defaults.swaps,
                         help="swaps of the swap scenario (bench.swap); 0 leaves it out")
+    parser.add_argument("--no-shadow", action="store_true", help="leave out the shadow-cost scenario (bench.shadow)")
     parser.add_argument("--server-cpus", default=defaults.server_cpus,
                         help="CPUs every server and its children run on (taskset -c syntax, e.g. 0 or 0,2); none: any")
     parser.add_argument("--client-cpus", default=defaults.client_cpus,
@@ -372,6 +378,7 @@ def main(argv: list[str] | None = None) -> None:
         profile_s=args.profile, servers=[s.strip() for s in args.servers.split(",") if s.strip()],
         workloads=pairs(args.workloads), profile_workloads=pairs(args.profile_workloads), out=args.out,
         keep_data=args.keep_data, server_cpus=args.server_cpus, client_cpus=args.client_cpus, swaps=args.swaps,
+        shadow=not args.no_shadow,
     )
     unknown = set(options.servers) - {name for name, _, _ in SERVERS}
     if unknown:
