@@ -125,13 +125,14 @@ def scenario(options: ShadowOptions, log_dir: Path, placement: pinning.Pinning) 
         rate = options.fraction * warm["requests_per_s"]
         off = _round("shadow off", base, rate, server, placement)
         servers.manage("rollout", "iris", "--shadow", "2", "--actor", "bench", env=env)
-        _wait_loaded(server.url, 2, True)
-        before = _shadow_counts(server.url)
+        http = f"http://127.0.0.1:{server.port}"
+        _wait_loaded(http, 2, True)
+        before = _shadow_counts(http)
         on = _round("shadow on", base, rate, server, placement)
         time.sleep(2.0)  # the last second's comparisons reach the metrics
-        after = _shadow_counts(server.url)
+        after = _shadow_counts(http)
         servers.manage("rollout", "iris", "--abort", "--actor", "bench", env=env)
-        _wait_loaded(server.url, 2, False)
+        _wait_loaded(http, 2, False)
         off_again = _round("shadow off again", base, rate, server, placement)
         return _results(off, on, off_again, {name: after[name] - before[name] for name in after}, rate)
     finally:

@@ -410,6 +410,9 @@ def retire(
         target.status = Status.RETIRED
         target.is_active = False
         target.save(update_fields=["status", "is_active"])
+        # A retired version no longer takes part in a rollout either.
+        MLModel.objects.filter(pk=target.model_id, shadow_version=target.version).update(shadow_version=None)
+        MLModel.objects.filter(pk=target.model_id, canary_version=target.version).update(canary_version=None)
         audit.record(target, RETIRED, f"replaced by v{successor.version}" if successor else "")
         _announce(target.model, RETIRED, target.version)
     logger.info("%s retired by %s (%s)", target, audit.actor, audit.source)

@@ -142,3 +142,18 @@ async def test_limits_are_kept_on_the_model(pool, deploy):
     assert (model.canary_max_error_pct, model.canary_max_p99_ms) == (2.0, 150.0)
     await pool.reconcile()
     assert pool.rollout("iris").canary_max_p99_ms == 150.0
+
+
+async def test_retiring_the_shadow_or_the_canary_ends_its_part(pool, deploy):
+    from inference import deployment
+
+    await two_versions(deploy)
+    await deploy("iris", 0.1, activate=False)
+    await run(changes.set_shadow, "iris", 2, **WHO)
+    await run(changes.set_canary, "iris", 3, weight_pct=50, **WHO)
+    await run(deployment.retire, "iris", 2, **WHO)
+    await run(deployment.retire, "iris", 3, **WHO)
+    model = await run(MLModel.objects.get, name="iris")
+    assert (model.shadow_version, model.canary_version) == (None, None)
+    await pool.reconcile()
+    assert not pool.rollout("iris").active
