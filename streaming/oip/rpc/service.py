@@ -77,9 +77,12 @@ class _StreamReply:
 
 
 def _refused(request: InferRequest, outcome: str, message: str, code: grpc.StatusCode) -> _StreamReply:
-    """A stream's error response: the code's name, then the sentence."""
-    return _StreamReply(messages.ModelStreamInferResponse(error_message=f"{code.name}: {message}"),
-                        lambda: request.report(outcome, error=message),
+    """A stream's error response: the code's name, then the sentence; the request's id where it was read."""
+    error = messages.ModelStreamInferResponse(error_message=f"{code.name}: {message}")
+    if request.rid is not None:
+        error.infer_response.id = request.rid
+        error.infer_response.model_name = request.model or ""
+    return _StreamReply(error, lambda: request.report(outcome, error=message),
                         lambda: request.report_undelivered(None, f"{outcome}: {message}"))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import queue
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -319,3 +320,32 @@ async def test_grpc_http_and_websocket_requests_share_batches_and_each_is_logged
     records = await asyncio.to_thread(logged_since, server, before, set(ws_ids + grpc_ids + http_ids))
     by_id = assert_each_request_once(records, ws_ids + grpc_ids + http_ids)
     assert all(by_id[rid]["outcome"] == "ok" for rid in grpc_ids)
+
+
+async def test_sigterm_answers_the_streams_accepted_requests_then_stops_grpc(start_daphne):
+    port = free_port()
+    server = start_daphne(env={"PLATFORM_REQUIRE_API_KEY": "0"}, extra_args=["--grpc-port", str(port)])
+    servers = Servers(server, f"127.0.0.1:{port}")
+    rows = np.tile(np.arange(64, dtype=np.float64) % 16, (32, 1))
+    arrived: queue.Queue[Any] = queue.Queue()
+
+    def drained() -> list[Any]:
+        grpc_client = client(servers)
+        try:
+            grpc_client.start_stream(callback=lambda result, error: arrived.put(error if error else result))
+            for i in range(100):
+                grpc_client.async_stream_infer("digits", fp64_inputs(rows), request_id=str(i))
+            time.sleep(0.2)  # the requests are on their way; the drain begins while most are queued
+            server.process.send_signal(signal.SIGTERM)
+            return [arrived.get(timeout=30) for _ in range(100)]
+        finally:
+            grpc_client.close()
+
+    answers = await asyncio.to_thread(drained)
+    predictions = [a for a in answers if not isinstance(a, InferenceServerException)]
+    refusals = [str(a) for a in answers if isinstance(a, InferenceServerException)]
+    assert predictions, refusals
+    assert all("UNAVAILABLE: The server is shutting down" in refusal for refusal in refusals), refusals
+    assert len({p.get_response().id for p in predictions}) == len(predictions)
+    assert await asyncio.to_thread(server.process.wait, 30) == 0
+    assert "Serving the Open Inference Protocol over gRPC" in server.log_tail(400)

@@ -170,3 +170,28 @@ async def test_a_model_version_that_failed_to_load_is_unavailable(rpc, service, 
     message.model_version = "2"
     error = await refused(infer(rpc, message, key))
     assert error.code() == grpc.StatusCode.UNAVAILABLE and "failed to load" in error.details()
+
+
+async def test_a_stream_answers_its_accepted_requests_and_refuses_new_ones_in_band_while_draining(
+        rpc, service, api_key, controlled, reported):
+    key = await known_key(rpc, api_key)
+    controlled.release.clear()
+    batcher = service.entry("test-controlled").batcher
+    call = rpc.channel.stream_stream(METHOD + "ModelStreamInfer", request_serializer=lambda m: m.SerializeToString(),
+                                     response_deserializer=service_pb2.ModelStreamInferResponse.FromString)
+    stream = call(metadata=(("authorization", f"Bearer {key}"),), timeout=10)
+    await stream.write(request("test-controlled", [[1, 2]], rid="held"))
+    await until(lambda: batcher.in_flight_rows == 1)
+    stopping = asyncio.ensure_future(rpc.service.stop(timeout_s=5.0, grace_s=0.5))
+    await until(lambda: rpc.inferences.draining)
+    await stream.write(request("iris", [IRIS_ROW], rid="late"))
+    refusal = await stream.read()
+    assert refusal.error_message.startswith("UNAVAILABLE: The server is shutting down")
+    assert refusal.infer_response.id == "late"
+    controlled.release.set()
+    answer = await stream.read()
+    assert answer.error_message == "" and answer.infer_response.id == "held" and values(answer.infer_response) == [3.0]
+    await stream.done_writing()
+    await asyncio.wait_for(stopping, 5)
+    assert sorted((e.request_id, e.outcome, e.protocol) for e in reported) == [
+        ("held", "ok", "grpc"), ("late", "overloaded", "grpc")]
