@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-#: The most disagreeing rows one request contributes to the stored sample.
-MAX_DISAGREEMENTS_PER_REQUEST = 3
+#: The most disagreeing rows one comparison contributes to the stored sample.
+MAX_DISAGREEMENTS_PER_COMPARISON = 5
 #: Two values of a regression agree when they differ by at most this.
 DEFAULT_TOLERANCE = 1e-6
 
@@ -94,7 +94,7 @@ def compare(task: str, rows: np.ndarray, primary: np.ndarray, shadow: np.ndarray
         agree = finite & (diff <= tolerance) & (left.shape[1] == right.shape[1])
     disagreements = []
     pair: tuple[Any, Any]
-    for row in np.flatnonzero(~agree)[:MAX_DISAGREEMENTS_PER_REQUEST]:
+    for row in np.flatnonzero(~agree)[:MAX_DISAGREEMENTS_PER_COMPARISON]:
         if classifier:
             pair = (_classifier_output(left[row], primary_classes or []),
                     _classifier_output(np.asarray(shadow, dtype=np.float64).reshape(n, -1)[row], shadow_classes or []))

@@ -10,8 +10,11 @@ Rules:
   the shadow's own queue is full; a client's request is never refused for it;
 - a shadow that fails (raises, times out, was unloaded) is reported as
   failed; the client, who has its answer, never sees it;
-- each copy is reported once to the shadow observers (``platform_core``
-  wires the monitoring's): compared, failed or dropped.
+- each copy is reported to the shadow observers (``platform_core`` wires the
+  monitoring's): failed or dropped at once, each; compared ones together, up
+  to ``COMPARE_BATCH`` requests or what the shadow answered within
+  ``COMPARE_DELAY_S``, in one vectorised comparison (one request at a time,
+  numpy's per-call overhead would cost more than the rest of the copy).
 """
 
 from __future__ import annotations
@@ -33,6 +36,10 @@ from .compare import Comparison, compare
 from .routing import Draw, in_share
 
 logger = logging.getLogger(__name__)
+
+#: Answers of one version pair compared together: at most this many requests, or those of this long.
+COMPARE_BATCH = 256
+COMPARE_DELAY_S = 0.25
 
 
 class ShadowStatus(StrEnum):
@@ -62,15 +69,19 @@ class ShadowReport:
     #: The version that answered the client, and the shadow.
     primary_version: int
     shadow_version: int
-    #: Wall-clock time (Unix seconds) the primary answer was ready.
+    #: Wall-clock time (Unix seconds) the (first) primary answer was ready.
     at: float
     status: ShadowStatus
     comparison: Comparison | None = None
-    #: Each version's time in its batcher (queue and model call) for these rows.
+    #: Each version's time in its batcher (queue and model call) for these rows: summed over the requests.
     primary_ms: float | None = None
     shadow_ms: float | None = None
     #: A drop's ``DropReason``, or why the shadow failed.
     reason: str = ""
+    #: The requests this report stands for (compared ones are reported together), and their longest times.
+    requests: int = 1
+    primary_ms_max: float | None = None
+    shadow_ms_max: float | None = None
 
 
 ShadowObserver = Callable[[ShadowReport], None]
@@ -106,6 +117,9 @@ class ShadowRunner:
         self.timeout_s = timeout_s
         #: Copies submitted to a shadow batcher and not answered yet.
         self.pending = 0
+        #: Answered copies waiting to be compared, per (model, version, shadow version).
+        self._answered_copies: dict[tuple[str, int, int], _Waiting] = {}
+        self._timer: asyncio.TimerHandle | None = None
 
     def follow(self, info: ServedModel | None, entry: ServedVersion, rows: np.ndarray,
                future: asyncio.Future[BatchResult], key: int) -> None:
@@ -163,10 +177,65 @@ class ShadowRunner:
         if error is not None:
             return _report(report(ShadowStatus.FAILED, reason=str(error) or type(error).__name__))
         result = copy.result()
+        key = (entry.name, entry.version, shadow.version)
+        waiting = self._answered_copies.get(key)
+        if waiting is None:
+            waiting = self._answered_copies[key] = _Waiting(entry, shadow)
+        waiting.add(rows, primary.outputs, result.outputs, primary_ms, result.queue_ms + result.inference_ms, at)
+        if len(waiting.rows) >= COMPARE_BATCH:
+            self._compare(key)
+        elif self._timer is None:
+            self._timer = copy.get_loop().call_later(COMPARE_DELAY_S, self.compare_waiting)
+
+    def compare_waiting(self) -> None:
+        """Compare every answered copy waiting (called ``COMPARE_DELAY_S`` after the first one)."""
+        self._timer = None
+        for key in list(self._answered_copies):
+            self._compare(key)
+
+    def _compare(self, key: tuple[str, int, int]) -> None:
+        waiting = self._answered_copies.pop(key)
+        entry, shadow = waiting.entry, waiting.shadow
+        report = partial(ShadowReport, entry.name, entry.version, shadow.version, waiting.at[0],
+                         requests=len(waiting.rows), primary_ms=sum(waiting.primary_ms),
+                         primary_ms_max=max(waiting.primary_ms))
         try:
-            comparison = compare(entry.task, rows, primary.outputs, result.outputs,
+            rows = np.concatenate(waiting.rows)
+            comparison = compare(entry.task, rows, _stacked(waiting.primary, waiting.rows),
+                                 _stacked(waiting.shadow_outputs, waiting.rows),
                                  primary_classes=entry.classes, shadow_classes=shadow.classes)
         except Exception as exc:  # outputs of shapes that cannot be compared
             logger.warning("Could not compare %s v%d with v%d: %s", entry.name, entry.version, shadow.version, exc)
             return _report(report(ShadowStatus.FAILED, reason=f"not comparable: {exc}"))
-        _report(report(ShadowStatus.COMPARED, comparison=comparison, shadow_ms=result.queue_ms + result.inference_ms))
+        _report(report(ShadowStatus.COMPARED, comparison=comparison, shadow_ms=sum(waiting.shadow_ms),
+                       shadow_ms_max=max(waiting.shadow_ms)))
+
+
+class _Waiting:
+    """Answered copies of one version pair, waiting to be compared together."""
+
+    __slots__ = ("at", "entry", "primary", "primary_ms", "rows", "shadow", "shadow_ms", "shadow_outputs")
+
+    def __init__(self, entry: ServedVersion, shadow: ServedVersion) -> None:
+        self.entry, self.shadow = entry, shadow
+        self.rows: list[np.ndarray] = []
+        self.primary: list[np.ndarray] = []
+        self.shadow_outputs: list[np.ndarray] = []
+        self.primary_ms: list[float] = []
+        self.shadow_ms: list[float] = []
+        self.at: list[float] = []
+
+    def add(self, rows: np.ndarray, primary: np.ndarray, shadow: np.ndarray, primary_ms: float, shadow_ms: float,
+            at: float) -> None:
+        self.rows.append(rows)
+        self.primary.append(primary)
+        self.shadow_outputs.append(shadow)
+        self.primary_ms.append(primary_ms)
+        self.shadow_ms.append(shadow_ms)
+        self.at.append(at)
+
+
+def _stacked(outputs: list[np.ndarray], rows: list[np.ndarray]) -> np.ndarray:
+    """Each request's outputs as a 2-D block of its rows, stacked."""
+    return np.concatenate([np.asarray(out, dtype=np.float64).reshape(len(r), -1) for out, r in zip(outputs, rows,
+                                                                                                   strict=True)])

@@ -65,19 +65,19 @@ class Aggregator:
             bucket.drop_reasons[report.reason] = bucket.drop_reasons.get(report.reason, 0) + 1
             return
         if report.status == ShadowStatus.FAILED or report.comparison is None:
-            bucket.failed += 1
+            bucket.failed += report.requests
             return
         comparison = report.comparison
         primary_ms, shadow_ms = report.primary_ms or 0.0, report.shadow_ms or 0.0
-        bucket.requests += 1
+        bucket.requests += report.requests
         bucket.rows += comparison.rows
         bucket.agreed_rows += comparison.agreed
         bucket.sum_abs_diff += comparison.sum_abs_diff
         bucket.max_abs_diff = max(bucket.max_abs_diff, comparison.max_abs_diff)
         bucket.primary_ms_sum += primary_ms
-        bucket.primary_ms_max = max(bucket.primary_ms_max, primary_ms)
+        bucket.primary_ms_max = max(bucket.primary_ms_max, report.primary_ms_max or primary_ms)
         bucket.shadow_ms_sum += shadow_ms
-        bucket.shadow_ms_max = max(bucket.shadow_ms_max, shadow_ms)
+        bucket.shadow_ms_max = max(bucket.shadow_ms_max, report.shadow_ms_max or shadow_ms)
         if comparison.disagreements:
             sampled = self._sampled.get(key, 0)
             kept = comparison.disagreements[:max(0, self.samples_per_minute - sampled)]

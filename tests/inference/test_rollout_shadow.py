@@ -88,8 +88,10 @@ async def test_copies_past_the_bounds_are_dropped_and_counted_and_the_clients_ar
     dropped = [r.reason for r in reports if r.status == ShadowStatus.DROPPED]
     assert dropped == [DropReason.SHADOW_BUSY.value] * 5
     models[2].release()
-    await settle(reports, 8)
-    assert sum(r.status == ShadowStatus.COMPARED for r in reports) == 3
+    await settle(reports, 6)
+    compared = [r for r in reports if r.status == ShadowStatus.COMPARED]
+    # Compared together, in one report for the three.
+    assert len(compared) == 1 and compared[0].requests == 3 and compared[0].comparison.rows == 3
 
 
 async def test_no_copy_while_the_active_versions_queue_is_half_full(pair, reports):
@@ -146,3 +148,21 @@ async def test_a_request_outside_the_sample_is_not_copied(pair, reports):
     await answers(future)
     await asyncio.sleep(0.1)
     assert not reports
+
+
+async def test_answers_are_compared_together_per_version_pair(pair, reports):
+    info, models = pair
+    runner = ShadowRunner(max_pending=100, timeout_s=5)
+    for n in range(10):  # one at a time: the active version's queue holds 4
+        future = info.versions[1].batcher.submit(rows_for(n), timeout_s=5)
+        runner.follow(info, info.versions[1], rows_for(n), future, KEY)
+        await answers(future)
+    for _ in range(100):
+        if sum(r.requests for r in reports) == 10:
+            break
+        await asyncio.sleep(0.05)
+    # Within COMPARE_DELAY_S of each other: together (a slow machine may split them once).
+    assert sum(r.requests for r in reports) == 10 and len(reports) <= 2
+    assert sum(r.comparison.agreed for r in reports) == 10
+    report = reports[0]
+    assert report.primary_ms >= report.primary_ms_max > 0 and report.shadow_ms >= report.shadow_ms_max > 0

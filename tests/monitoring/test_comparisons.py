@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 
-from inference.rollout.compare import MAX_DISAGREEMENTS_PER_REQUEST, compare
+from inference.rollout.compare import MAX_DISAGREEMENTS_PER_COMPARISON, compare
 from inference.rollout.plan import Rollout
 from inference.rollout.shadow import ShadowReport, ShadowStatus
 from monitoring.comparisons.aggregate import Aggregator
@@ -51,10 +51,10 @@ def test_regression_values_agree_within_the_tolerance_and_a_nan_disagrees():
     assert [d.shadow for d in result.disagreements] == [[2.5], [None]]
 
 
-def test_one_request_adds_a_bounded_number_of_disagreements():
+def test_one_comparison_adds_a_bounded_number_of_disagreements():
     rows = np.zeros((10, 1))
     result = compare("regression", rows, np.zeros(10), np.ones(10))
-    assert result.agreed == 0 and len(result.disagreements) == MAX_DISAGREEMENTS_PER_REQUEST
+    assert result.agreed == 0 and len(result.disagreements) == MAX_DISAGREEMENTS_PER_COMPARISON
 
 
 def report(at=MINUTE + 5.0, *, status=ShadowStatus.COMPARED, agree=True, model="m", reason=""):
