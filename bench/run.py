@@ -57,7 +57,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import machine, pinning, procstats, report, servers, shadow, swap
+from . import machine, pinning, procstats, report, scaling, servers, shadow, swap
 from .loadgen import LoadError, LoadResult, LoadSpec, format_line, run_load
 from .profiling import profile_under_load, py_spy
 
@@ -108,6 +108,8 @@ class Options:
     swaps: int = swap.SwapOptions.swaps
     #: Whether to run the shadow-cost scenario.
     shadow: bool = True
+    #: Whether to run the scaling scenario (bench.scaling).
+    scaling: bool = True
 
 
 def workload_name(model: str, rows: int) -> str:
@@ -300,6 +302,8 @@ def run(options: Options) -> Path:
                 results["swap"] = swap_results
         if options.shadow:
             results["shadow"] = shadow.in_bench(options.encoding, run_dir, placement)
+        if options.scaling:
+            results["scaling"] = scaling.in_bench(options.encoding, run_dir, placement)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
         if not options.keep_data:
@@ -358,6 +362,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--swaps", type=int, default=defaults.swaps,
                         help="swaps of the swap scenario (bench.swap); 0 leaves it out")
     parser.add_argument("--no-shadow", action="store_true", help="leave out the shadow-cost scenario (bench.shadow)")
+    parser.add_argument("--no-scaling", action="store_true", help="leave out the scaling scenario (bench.scaling)")
     parser.add_argument("--server-cpus", default=defaults.server_cpus,
                         help="CPUs every server and its children run on (taskset -c syntax, e.g. 0 or 0,2); none: any")
     parser.add_argument("--client-cpus", default=defaults.client_cpus,
@@ -378,7 +383,7 @@ def main(argv: list[str] | None = None) -> None:
         profile_s=args.profile, servers=[s.strip() for s in args.servers.split(",") if s.strip()],
         workloads=pairs(args.workloads), profile_workloads=pairs(args.profile_workloads), out=args.out,
         keep_data=args.keep_data, server_cpus=args.server_cpus, client_cpus=args.client_cpus, swaps=args.swaps,
-        shadow=not args.no_shadow,
+        shadow=not args.no_shadow, scaling=not args.no_scaling,
     )
     unknown = set(options.servers) - {name for name, _, _ in SERVERS}
     if unknown:
