@@ -25,7 +25,7 @@ from inference.service import InferenceService, get_service
 from monitoring.events import Protocol
 
 from ..auth import bearer_token
-from . import codec, metadata
+from . import binary, codec, metadata
 from .errors import HttpError
 from .infer import Answer, Inferences, InferRequest, client_of, entry_for
 
@@ -43,10 +43,18 @@ def _json_response_headers(length: int, extra: list[tuple[bytes, bytes]]) -> lis
     return [(b"content-type", b"application/json"), (b"content-length", str(length).encode()), *extra]
 
 
-async def respond(send: Send, status: int, body: dict[str, Any], headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
+async def respond(send: Send, status: int, body: dict[str, Any], headers: Sequence[tuple[bytes, bytes]] = (),
+                  binary: Sequence[bytes] = ()) -> None:
+    """Send ``body`` as JSON, followed by ``binary`` tensor data (the binary data extension) when there is some."""
     data = json.dumps(body, separators=(",", ":")).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": _json_response_headers(len(data), list(headers))})
+    if binary:
+        json_length = len(data)
+        data = b"".join((data, *binary))
+        headers = [(b"content-type", b"application/octet-stream"), (b"content-length", str(len(data)).encode()),
+                   (b"inference-header-content-length", str(json_length).encode()), *headers]
+    else:
+        headers = _json_response_headers(len(data), list(headers))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": data})
 
 
@@ -73,10 +81,10 @@ async def read_body(scope: Scope, receive: Receive, limit_bytes: int) -> bytes |
 
 
 async def _delivered(send: Send, status: int, body: dict[str, Any],
-                     headers: Sequence[tuple[bytes, bytes]] = ()) -> bool:
+                     headers: Sequence[tuple[bytes, bytes]] = (), binary: Sequence[bytes] = ()) -> bool:
     """Send a response; False when it could not be (the client had gone)."""
     try:
-        await respond(send, status, body, headers)
+        await respond(send, status, body, headers, binary)
     except Exception:  # the server's error for a closed connection: nothing to answer
         logger.info("Could not send an infer response (%d): the connection had closed", status)
         return False
@@ -158,7 +166,7 @@ class OpenInferenceApp:
                      version: int | None) -> None:
         request = InferRequest(service, model, version, Protocol.HTTP)
         try:
-            answer = await self._serve(scope, receive, service, request)
+            served = await self._serve(scope, receive, service, request)
         except HttpError as exc:
             if await _delivered(send, exc.status, {"error": exc.message}, exc.headers()):
                 request.report(exc.code, error=exc.message)
@@ -171,21 +179,24 @@ class OpenInferenceApp:
             delivered = await _delivered(send, 500, {"error": message})
             request.report(Outcome.INTERNAL if delivered else Outcome.NOT_DELIVERED, error=message)
             return
-        if answer is None:
+        if served is None:
             return  # the client left: reported, nothing to send
+        answer, binary_names = served
         entry = answer.entry
         reply: dict[str, Any] = {"model_name": entry.name, "model_version": str(entry.version)}
         if request.rid is not None:
             reply["id"] = request.rid
         reply["parameters"] = {"batch_size": answer.result.batch_size}
-        reply["outputs"] = codec.output_tensors(entry, answer.result.outputs, answer.names)
-        if await _delivered(send, 200, reply):
+        reply["outputs"] = outputs = codec.output_tensors(entry, answer.result.outputs, answer.names)
+        chunks = binary.move_to_binary(outputs, binary_names) if binary_names else []
+        if await _delivered(send, 200, reply, binary=chunks):
             request.report_ok(answer)
         else:
             request.report_undelivered(answer, "a prediction")
 
     async def _serve(self, scope: Scope, receive: Receive, service: InferenceService,
-                     request: InferRequest) -> Answer | None:
+                     request: InferRequest) -> tuple[Answer, frozenset[str]] | None:
+        """The request's answer and the outputs it wants as binary data; None when its client left."""
         inferences = self.inferences
         entry = inferences.admit(service, await client_of(bearer_token(scope)), request)
         raw = await read_body(scope, receive, settings.PLATFORM_MAX_FRAME_BYTES)
@@ -193,16 +204,27 @@ class OpenInferenceApp:
             request.report(Outcome.NOT_DELIVERED, error="Not delivered: the client left before sending its body.")
             return None
         try:
-            body = json.loads(raw)
+            json_length = binary.header_length(scope.get("headers", ()), len(raw))
+        except codec.TensorError as exc:
+            raise HttpError(400, Outcome.INVALID_REQUEST, str(exc)) from None
+        text, tail = (raw, b"") if json_length is None else (raw[:json_length], raw[json_length:])
+        try:
+            body = json.loads(text)
         except (ValueError, RecursionError):
             raise HttpError(400, Outcome.INVALID_JSON, "The request body is not valid JSON.") from None
         if type(body) is not dict:
             raise HttpError(400, Outcome.INVALID_REQUEST, "The request body must be a JSON object.")
         request.rid = body.get("id")
-        array, names = inferences.prepare(
-            request, entry, lambda: (codec.json_tensors(body.get("inputs")), codec.json_output_names(body)))
+
+        def read() -> tuple[list[codec.Tensor], list[Any] | None]:
+            if json_length is not None:
+                binary.read_binary_inputs(body.get("inputs"), tail)
+            return codec.json_tensors(body.get("inputs")), codec.json_output_names(body)
+
+        array, names = inferences.prepare(request, entry, read)
         # Once the body is read, the next message is the client's disconnect.
-        return await inferences.run(service, request, entry, array, names, gone=lambda: _disconnected(receive))
+        answer = await inferences.run(service, request, entry, array, names, gone=lambda: _disconnected(receive))
+        return None if answer is None else (answer, binary.binary_outputs(body, names))
 
 
 async def _disconnected(receive: Receive) -> None:

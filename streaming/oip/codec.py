@@ -21,7 +21,7 @@ INTEGER_RANGES: dict[str, tuple[int, int]] = {
     **{f"INT{bits}": (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) for bits in (8, 16, 32, 64)},
     **{f"UINT{bits}": (0, 2**bits - 1) for bits in (8, 16, 32, 64)},
 }
-FLOAT_TYPES = frozenset({"FP32", "FP64"})
+FLOAT_TYPES = frozenset({"FP16", "FP32", "FP64"})
 DATATYPES = FLOAT_TYPES | frozenset(INTEGER_RANGES)
 
 CLASSIFIER_OUTPUTS = ("label", "probabilities")
@@ -71,7 +71,7 @@ def json_tensor(tensor: Any) -> Tensor:
                           f"{', '.join(sorted(DATATYPES))}.")
     data = tensor.get("data")
     if type(data) is not list:
-        raise TensorError(f"Input {name!r}: data must be a list (the binary data extension is not supported).")
+        raise TensorError(f"Input {name!r}: data must be a list, or the input's values binary (binary_data_size).")
     flat: list[Any] = []
     _flatten(data, flat)
     if len(flat) != math.prod(shape):

@@ -10,8 +10,8 @@ from .codec import output_names
 
 SERVER_NAME = "channels-inference-platform"
 SERVER_VERSION = "0.1.0"
-#: Protocol extensions this server implements; none yet (no binary tensors, no repository API).
-EXTENSIONS: list[str] = []
+#: Protocol extensions this server implements: binary tensor data over HTTP (no repository API).
+EXTENSIONS: list[str] = ["binary_tensor_data"]
 
 
 def server() -> dict[str, Any]:

@@ -12,21 +12,15 @@ prefixed by its length (4 bytes, little-endian).
 
 from __future__ import annotations
 
-import struct
 from typing import Any
 
 import numpy as np
 
+from ..binary import bytes_tensor, raw_values
 from ..codec import DATATYPES, Tensor, TensorError, json_tensor
 from ..infer import Answer
 from . import messages
 
-#: The numpy type of each datatype's raw bytes (little-endian, as the protocol says).
-RAW_DTYPES: dict[str, np.dtype[Any]] = {
-    "FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"),
-    **{f"INT{bits}": np.dtype(f"<i{bits // 8}") for bits in (8, 16, 32, 64)},
-    **{f"UINT{bits}": np.dtype(f"<u{bits // 8}") for bits in (8, 16, 32, 64)},
-}
 #: Where ``contents`` keeps each datatype's values.
 CONTENTS_FIELDS: dict[str, str] = {
     "FP32": "fp32_contents", "FP64": "fp64_contents", "INT64": "int64_contents", "UINT64": "uint64_contents",
@@ -53,29 +47,20 @@ def _tensor(tensor: Any, raw: bytes | None) -> Tensor:
         raise TensorError(f"Input {name!r}: datatype {datatype!r} is not supported; use one of "
                           f"{', '.join(sorted(DATATYPES))}.")
     if raw is None:
-        values: list[Any] = list(getattr(tensor.contents, CONTENTS_FIELDS[datatype]))
+        field = CONTENTS_FIELDS.get(datatype)
+        if field is None:
+            raise TensorError(f"Input {name!r}: send {datatype} values in raw_input_contents.")
+        values: list[Any] = list(getattr(tensor.contents, field))
     else:
         if tensor.HasField("contents"):
             raise TensorError(f"Input {name!r} has both contents and raw_input_contents.")
-        dtype = RAW_DTYPES[datatype]
-        if len(raw) % dtype.itemsize:
-            raise TensorError(f"Input {name!r}: {len(raw)} raw bytes are not a whole number of {datatype} values.")
-        values = np.frombuffer(raw, dtype=dtype).tolist()
+        values = raw_values(name, datatype, raw)
     return json_tensor({"name": name, "shape": shape, "datatype": datatype, "data": values})
 
 
 def output_names(request: Any) -> list[Any] | None:
     """The output names the request asks for; None when it names none."""
     return [output.name for output in request.outputs] or None
-
-
-def _bytes_tensor(values: list[str]) -> bytes:
-    parts: list[bytes] = []
-    for value in values:
-        data = value.encode()
-        parts.append(struct.pack("<I", len(data)))
-        parts.append(data)
-    return b"".join(parts)
 
 
 def response(answer: Answer, rid: str) -> Any:
@@ -90,7 +75,7 @@ def response(answer: Answer, rid: str) -> Any:
             tensor.datatype = "BYTES"
             tensor.shape.append(outputs.shape[0])
             reply.raw_output_contents.append(
-                _bytes_tensor([str(classes[winner]) for winner in outputs.argmax(axis=1).tolist()]))
+                bytes_tensor([classes[winner] for winner in outputs.argmax(axis=1).tolist()]))
         else:  # probabilities, or a regressor's value
             tensor.datatype = "FP64"
             tensor.shape.extend(outputs.shape)

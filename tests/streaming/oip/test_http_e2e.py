@@ -119,7 +119,8 @@ async def test_metadata_and_readiness_match_the_registry(server, keys):
     try:
         assert client.is_server_live() and client.is_server_ready()
         server_metadata = client.get_server_metadata()
-        assert server_metadata["name"] == "channels-inference-platform" and server_metadata["extensions"] == []
+        assert server_metadata["name"] == "channels-inference-platform"
+        assert server_metadata["extensions"] == ["binary_tensor_data"]
         for name, catalog in ready["models"].items():
             assert client.is_model_ready(name, headers=headers)
             assert client.is_model_ready(name, str(catalog["version"]), headers=headers)
@@ -229,3 +230,43 @@ async def test_http_and_websocket_clients_share_batches_and_every_request_is_log
     records = await asyncio.to_thread(logged_since, server, before, set(ws_ids + http_ids))
     by_id = assert_each_request_once(records, ws_ids + http_ids)
     assert by_id[http_ids[0]]["outcome"] == "ok" and by_id[http_ids[0]]["batch_size"] >= 1
+
+
+def test_binary_tensor_data_in_and_out_as_tritonclient_sends_it_by_default(server, keys):
+    rows = np.array([IRIS_ROW, [6.7, 3.0, 5.2, 2.3]], dtype=np.float32)
+    status, _, json_reply = post(server, "/v2/models/iris/infer",
+                                 infer_body(rows.astype(np.float64).tolist(), rid="json"), keys["all"])
+    assert status == 200, json_reply
+    want = {o["name"]: o["data"] for o in json_reply["outputs"]}
+    half = rows.astype(np.float16)
+    status, _, half_reply = post(server, "/v2/models/iris/infer",
+                                 infer_body(half.astype(np.float64).tolist(), rid="json16"), keys["all"])
+    assert status == 200, half_reply
+
+    def binary_infers() -> list[Any]:
+        client = triton_client(server)
+        try:
+            results = []
+            for values, datatype in ((rows, "FP32"), (half, "FP16")):
+                tensor = triton.InferInput("input", list(values.shape), datatype)
+                tensor.set_data_from_numpy(values)  # binary_data=True, tritonclient's default
+                results.append(client.infer("iris", [tensor], headers=bearer(keys["all"])))
+            return results
+        finally:
+            client.close()
+
+    as_fp32, as_fp16 = binary_infers()
+    for result, expected in ((as_fp32, want), (as_fp16, {o["name"]: o["data"] for o in half_reply["outputs"]})):
+        outputs = result.get_response()["outputs"]
+        assert all(o["parameters"]["binary_data_size"] > 0 for o in outputs)  # the values came as binary
+        assert [label.decode() for label in result.as_numpy("label")] == expected["label"]
+        assert result.as_numpy("probabilities").ravel().tolist() == expected["probabilities"]
+
+
+@pytest.mark.parametrize(("headers", "body", "message"), [
+    ({"Inference-Header-Content-Length": "9999"}, infer_body([IRIS_ROW]), "Inference-Header-Content-Length must be"),
+    ({"Inference-Header-Content-Length": "0"}, "", "not valid JSON"),
+])
+def test_a_bad_binary_request_gets_400(server, keys, headers, body, message):
+    status, _, reply = post(server, "/v2/models/iris/infer", body, keys["all"], headers=headers)
+    assert status == 400 and message in reply["error"], reply
