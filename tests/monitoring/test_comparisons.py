@@ -162,3 +162,25 @@ def test_the_guard_aborts_on_p99_and_leaves_a_healthy_canary_alone():
 def test_the_verdict_needs_limits():
     requests = deque([(True, 1000.0)] * 100)
     assert CanaryGuard.verdict(Rollout(canary_version=2), requests) is None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_guards_abort_is_audited_once_and_spares_a_replaced_canary(model_store, tmp_path):
+    from inference import deployment
+    from inference.models import DeploymentEvent, MLModel
+    from inference.rollout import changes
+    from monitoring.comparisons.guard import abort_canary
+    from tests.support import artifacts
+
+    schema = deployment.ModelSchema(task="classification", inputs=artifacts.FEATURES, outputs="label")
+    for number in (1, 2, 3):
+        deployment.register("shop", artifacts.skops_file(tmp_path / "v.skops"), "sklearn", schema=schema,
+                            activate=number == 1, actor="t", source="command")
+    changes.set_canary("shop", 3, weight_pct=10, actor="t", source="command")
+    abort_canary("shop", 2, "judged on v2")  # v2 is not the canary: nothing happens
+    assert MLModel.objects.get(name="shop").canary_version == 3
+    abort_canary("shop", 3, "3.0% of its last 200 requests ended in a server error")
+    abort_canary("shop", 3, "again")  # another process, a moment later
+    events = DeploymentEvent.objects.filter(action="aborted")
+    assert [(e.source, e.actor, e.version_number) for e in events] == [("guard", "canary guard", 3)]
+    assert events[0].detail == "canary v3 removed: 3.0% of its last 200 requests ended in a server error"
