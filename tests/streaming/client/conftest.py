@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -33,29 +34,36 @@ def iris_rows(n: int) -> list[list[float]]:
     return [[4.3 + (i % 36) / 10, 2.0 + (i % 24) / 10, 1.0 + (i % 59) / 10, 0.1 + (i % 25) / 10] for i in range(n)]
 
 
-Restart = Callable[[DaphneServer], DaphneServer]
+class Restartable:
+    """A server that tests stop (any way they like) and start again on its port, environment and data."""
 
+    def __init__(self, server: DaphneServer, directory: Path) -> None:
+        self.server = server
+        self.directory = directory
+        self.started: list[DaphneServer] = []
 
-@pytest.fixture
-def restart_daphne(tmp_path) -> Iterator[Restart]:
-    """Factory: start the platform again on a stopped server's port, environment and data directory."""
-    started: list[DaphneServer] = []
-
-    def restart(server: DaphneServer) -> DaphneServer:
+    def restart(self) -> DaphneServer:
+        """Start the stopped server again; returns once it is healthy."""
+        server = self.server
         if server.process.poll() is None:
             raise AssertionError("Stop the server before starting it again on its port.")
-        log = tmp_path / f"daphne-{server.port}-{len(started) + 1}.log"
+        log = self.directory / f"daphne-{server.port}-{len(self.started) + 1}.log"
         with open(log, "wb") as output:
             process = subprocess.Popen(daphne_command(server.port), cwd=REPO_ROOT, env=server.env,
                                        stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT)
-        again = DaphneServer(port=server.port, env=server.env, log=log, process=process)
-        started.append(again)
+        self.server = DaphneServer(port=server.port, env=server.env, log=log, process=process)
+        self.started.append(self.server)
         try:
-            again.wait_until_healthy(DAPHNE_START_TIMEOUT_S)
+            self.server.wait_until_healthy(DAPHNE_START_TIMEOUT_S)
         except ServiceUnavailable as exc:
             pytest.fail(str(exc), pytrace=False)
-        return again
+        return self.server
 
-    yield restart
-    for server in started:
+
+@pytest.fixture(scope="module")
+def restartable(daphne_server: DaphneServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Restartable]:
+    """The module's server, for tests that stop it and start it again (each leaves it running)."""
+    restartable = Restartable(daphne_server, tmp_path_factory.mktemp("restarts"))
+    yield restartable
+    for server in restartable.started:
         stop_process(server.process)

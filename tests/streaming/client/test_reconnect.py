@@ -43,12 +43,10 @@ class Stream:
         self.answered += 1
 
 
-async def stream_through_a_restart(
-    start_daphne, restart_daphne, demo_data, stop_server: Callable[[Any], Awaitable[None]]
-):
+async def stream_through_a_restart(restartable, demo_data, stop_server: Callable[[Any], Awaitable[None]]):
     """Stream, stop the server with ``stop_server`` mid-stream, start it again; check every request's answer."""
-    server = start_daphne()
-    key = await asyncio.to_thread(create_key, server, "reconnect")
+    server = restartable.server
+    key = await asyncio.to_thread(create_key, server, f"reconnect-{len(restartable.started)}")
     rows = iris_rows(20_000)
     async with PredictionClient(predict_url(server), key, backoff=Backoff(initial_s=0.05, max_s=1.0)) as client:
         stream = Stream(client, rows)
@@ -56,7 +54,7 @@ async def stream_through_a_restart(
             await asyncio.sleep(0.02)
         await stop_server(server.process)
         await asyncio.to_thread(server.process.wait, 60)
-        await asyncio.to_thread(restart_daphne, server)
+        await asyncio.to_thread(restartable.restart)
         await asyncio.sleep(0.5)
         stream.stop.set()
         results = await asyncio.wait_for(stream.task, 120)
@@ -74,14 +72,14 @@ def reconnects_logged(caplog) -> list[tuple[int, int]]:
 
 
 async def test_a_server_stopped_mid_stream_closes_1001_and_every_request_is_answered_once(
-    start_daphne, restart_daphne, demo_data, caplog
+    restartable, demo_data, caplog
 ):
     caplog.set_level(logging.INFO, logger="streaming.client")
 
     async def terminate(process):
         process.send_signal(signal.SIGTERM)
 
-    client, results = await stream_through_a_restart(start_daphne, restart_daphne, demo_data, terminate)
+    client, results = await stream_through_a_restart(restartable, demo_data, terminate)
     logged = reconnects_logged(caplog)
     # The server answered what it had accepted before it closed: nothing was out when the connection ended.
     # (A connection opened while the server drains may end 1006 when the process exits; it is resent too.)
@@ -91,7 +89,7 @@ async def test_a_server_stopped_mid_stream_closes_1001_and_every_request_is_answ
 
 
 async def test_a_server_killed_mid_stream_drops_the_connection_and_the_unanswered_are_sent_again(
-    start_daphne, restart_daphne, demo_data, caplog
+    restartable, demo_data, caplog
 ):
     caplog.set_level(logging.INFO, logger="streaming.client")
 
@@ -101,7 +99,7 @@ async def test_a_server_killed_mid_stream_drops_the_connection_and_the_unanswere
         await asyncio.sleep(0.5)
         process.kill()
 
-    client, results = await stream_through_a_restart(start_daphne, restart_daphne, demo_data, hang_then_kill)
+    client, results = await stream_through_a_restart(restartable, demo_data, hang_then_kill)
     assert client.reconnects == 1
     [(code, resent)] = reconnects_logged(caplog)
     assert code == 1006 and resent > 20, caplog.text
