@@ -349,3 +349,19 @@ async def test_sigterm_answers_the_streams_accepted_requests_then_stops_grpc(sta
     assert len({p.get_response().id for p in predictions}) == len(predictions)
     assert await asyncio.to_thread(server.process.wait, 30) == 0
     assert "Serving the Open Inference Protocol over gRPC" in server.log_tail(400)
+
+
+@pytest.mark.parametrize("datatype", ["FP32", "FP16", "INT32"])
+def test_raw_inputs_of_other_datatypes_answer_as_their_values_in_json(server, keys, datatype):
+    values = np.array([IRIS_ROW, [6.7, 3.0, 5.2, 2.3]]).astype(triton.triton_to_np_dtype(datatype))
+    status, _, reply = post(server.http, "/v2/models/iris/infer", infer_body(values.astype(np.float64).tolist()),
+                            keys["all"])
+    assert status == 200, reply
+    want = {o["name"]: o["data"] for o in reply["outputs"]}
+    grpc_client = client(server)
+    try:
+        result = grpc_client.infer("iris", iris(values.tolist(), datatype), headers=auth(keys["all"]))
+    finally:
+        grpc_client.close()
+    assert [label.decode() for label in result.as_numpy("label")] == want["label"]
+    assert result.as_numpy("probabilities").ravel().tolist() == want["probabilities"]
