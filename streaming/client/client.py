@@ -211,6 +211,15 @@ class PredictionClient:
 
     async def _run(self, ws: ClientConnection) -> None:
         """Serve connections until the client closes or meets an error it cannot recover from."""
+        try:
+            await self._connections(ws)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # no request may wait for ever on a client that stopped
+            logger.exception("Prediction client for %s failed", self.url)
+            self._give_up(ClientError(f"The prediction client stopped: {exc!r}"))
+
+    async def _connections(self, ws: ClientConnection) -> None:
         attempt = 0
         while True:
             opened, answered = time.monotonic(), await self._serve(ws)
@@ -291,6 +300,9 @@ class PredictionClient:
         if request is None:
             if kind == "error" and message.get("id") is None:
                 logger.warning("The server could not read a request: %s", message.get("error"))
+            return 0
+        if request.future.done():  # cancelled by its caller, who has not yet taken it out of the book
+            self._book.done(request.id)
             return 0
         if kind == "prediction":
             request.future.set_result(message)
