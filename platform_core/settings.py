@@ -259,6 +259,10 @@ PLATFORM_KEY_CHECK_INTERVAL_S = float(os.environ.get("PLATFORM_KEY_CHECK_INTERVA
 PLATFORM_MAX_IN_FLIGHT = env_int("PLATFORM_MAX_IN_FLIGHT", 256, minimum=1)
 PLATFORM_MAX_ROWS = env_int("PLATFORM_MAX_ROWS", 1024, minimum=1)
 PLATFORM_MAX_FRAME_BYTES = env_int("PLATFORM_MAX_FRAME_BYTES", 4 * 1024 * 1024, minimum=1024)
+# Plain HTTP connections whose first request is under /v2 are served by the
+# server's lean HTTP/1.1 path (platform_core/server/lean_http.py); 0 leaves
+# every HTTP request to daphne's own.
+PLATFORM_LEAN_HTTP = env_bool("PLATFORM_LEAN_HTTP", True)
 
 # Batching defaults; each model may override them in the registry.
 PLATFORM_MAX_BATCH_SIZE = env_int("PLATFORM_MAX_BATCH_SIZE", 256, minimum=1)

@@ -148,12 +148,11 @@ class Journal:
         if error is not None:
             # The records are still in memory on their way to the database;
             # only a crash before they get there would lose them now.
-            exc = error
             log_metrics.LOG_JOURNAL_WRITE_ERRORS.inc()
             self._failures += 1
             if self._failures == 1 or self._failures % 1000 == 0:
                 logger.error("Could not write %d prediction records to the journal in %s (%d failures): %s",
-                             count, self.directory, self._failures, exc)
+                             count, self.directory, self._failures, error)
             return
         if self._fsyncer is None:
             self._start_fsyncer()

@@ -15,7 +15,7 @@ import sys
 from daphne.cli import CommandLineInterface
 from daphne.server import Server
 
-from platform_core.server import closing, coalescing, grpc_port, send_frame, unmasking, workers
+from platform_core.server import closing, coalescing, grpc_port, lean_http, send_frame, unmasking, workers
 from platform_core.server.closing import (
     CloseCodesProtocol,
     GracefulDrainServer,
@@ -40,7 +40,7 @@ INTERNALS = (
 def check_internals() -> None:
     """Raise IncompatibleDependency if an installed dependency lacks what any of the patches relies on."""
     require(__name__, INTERNALS)
-    for patch in (closing, send_frame, unmasking, coalescing):
+    for patch in (closing, send_frame, unmasking, coalescing, lean_http):
         patch.check_internals()
 
 
@@ -62,6 +62,8 @@ class PlatformServer(CoalescedWritesServer, SendFrameServer, GracefulDrainServer
         use_fast_unmasking()
         self.ws_factory.protocol = PlatformWebSocketProtocol
         answer_oversized_frames(self.ws_factory, configured_frame_limit())
+        if lean_http.enabled():
+            lean_http.serve_plain_http_leanly(self.http_factory, self.application)
         if self._outer_ready_callable is not None:
             self._outer_ready_callable()
 

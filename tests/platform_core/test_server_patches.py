@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-from platform_core.server import assembly, closing, coalescing, send_frame, unmasking
+from platform_core.server import assembly, closing, coalescing, lean_http, send_frame, unmasking
 from platform_core.server.internals import (
     TESTED_RANGES,
     Attribute,
@@ -23,7 +23,7 @@ from platform_core.server.internals import (
     Parameter,
 )
 
-PATCHES = (closing, send_frame, unmasking, coalescing, assembly)
+PATCHES = (closing, send_frame, unmasking, coalescing, lean_http, assembly)
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 
 
@@ -98,7 +98,7 @@ def test_the_server_refuses_to_start_when_an_internal_is_missing(monkeypatch):
 
 def test_the_server_checks_every_patch(monkeypatch):
     checked = []
-    for patch in (closing, send_frame, unmasking, coalescing):
+    for patch in (closing, send_frame, unmasking, coalescing, lean_http):
         monkeypatch.setattr(patch, "check_internals", lambda patch=patch: checked.append(patch))
     assembly.PlatformServer(application=None, endpoints=["tcp:port=0:interface=127.0.0.1"])
-    assert set(checked) == {closing, send_frame, unmasking, coalescing}
+    assert set(checked) == {closing, send_frame, unmasking, coalescing, lean_http}
