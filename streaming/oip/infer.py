@@ -181,22 +181,29 @@ class Inferences:
         closed connection's requests. A transport whose handler is cancelled
         when its client leaves (gRPC) needs none: the cancellation does it.
         """
+        # A canary answers its share of the requests naming no version (inference.rollout.routing).
+        entry, key = service.route(entry, array, pinned=request.version is not None, request_id=request.rid)
+        request.entry, request.labels = entry, entry.labels
         try:
-            future = service.submit(entry, array, received_at=request.received)
+            future = service.submit(entry, array, received_at=request.received, key=key)
         except Overloaded as exc:
             raise HttpError(503, exc.code, str(exc), retry_after_s=math.ceil(exc.retry_after_ms / 1000.0)) from None
         except InferenceError as exc:
             raise HttpError(status_of(exc), exc.code, str(exc)) from None
         self._in_flight.add(future)
         events.in_flight_change(+1)
+        watcher = None
+        if gone is not None:
+            # A done callback rather than asyncio.wait(): half the cost on a request's path.
+            watcher = asyncio.ensure_future(gone())
+            watcher.add_done_callback(lambda done: None if done.cancelled() else future.cancel())
         try:
-            if gone is not None and not await _first(future, gone()):
-                future.cancel()
-                request.report(Outcome.NOT_DELIVERED, error=reports.LEFT_BEFORE_RUN)
-                return None
             result = await future
             outputs = replies.output_rows(entry, result.outputs, known_finite=result.all_finite)
         except asyncio.CancelledError:
+            if watcher is not None and watcher.done() and not watcher.cancelled():
+                request.report(Outcome.NOT_DELIVERED, error=reports.LEFT_BEFORE_RUN)  # dropped, not run
+                return None
             if future.cancel():
                 request.report(Outcome.NOT_DELIVERED, error=reports.LEFT_BEFORE_RUN)
             else:
@@ -209,6 +216,8 @@ class Inferences:
             failed = ModelCallFailed(f"The model {entry.name} failed on this request.")
             raise HttpError(500, failed.code, str(failed)) from None
         finally:
+            if watcher is not None:
+                watcher.cancel()
             self._in_flight.discard(future)
             events.in_flight_change(-1)
         return Answer(entry, result, names, outputs, request.elapsed_ms())
@@ -224,16 +233,6 @@ class Inferences:
     def __len__(self) -> int:
         """How many requests are in a batcher now."""
         return len(self._in_flight)
-
-
-async def _first(future: asyncio.Future[Any], gone: Awaitable[Any]) -> bool:
-    """Wait for ``future`` or ``gone``; True when ``future`` is done (or both are)."""
-    watcher = asyncio.ensure_future(gone)
-    try:
-        await asyncio.wait((future, watcher), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-    return future.done()
 
 
 #: The process's requests, for the transports the server runs (``platform_core.asgi``, the gRPC port).
