@@ -6,6 +6,7 @@ import asyncio
 import json
 import queue
 import signal
+import sqlite3
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -320,6 +321,19 @@ async def test_grpc_http_and_websocket_requests_share_batches_and_each_is_logged
     records = await asyncio.to_thread(logged_since, server, before, set(ws_ids + grpc_ids + http_ids))
     by_id = assert_each_request_once(records, ws_ids + grpc_ids + http_ids)
     assert all(by_id[rid]["outcome"] == "ok" for rid in grpc_ids)
+    came_by = protocols(server, set(by_id))
+    assert {came_by[rid] for rid in grpc_ids} == {"grpc"} and {came_by[rid] for rid in http_ids} == {"http"}
+    assert {came_by[rid] for rid in ws_ids} == {"websocket"}
+
+
+def protocols(server: Servers, request_ids: set[str]) -> dict[str, str]:
+    """The protocol each request's record says it came by (the server's SQLite database)."""
+    connection = sqlite3.connect(f"file:{server.http.data_dir / 'platform.sqlite3'}?mode=ro", uri=True, timeout=30)
+    try:
+        rows = connection.execute("SELECT request_id, protocol FROM monitoring_predictionrecord").fetchall()
+    finally:
+        connection.close()
+    return {rid: protocol for rid, protocol in rows if rid in request_ids}
 
 
 async def test_sigterm_answers_the_streams_accepted_requests_then_stops_grpc(start_daphne):
