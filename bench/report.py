@@ -212,6 +212,11 @@ def markdown(results: dict[str, Any]) -> str:
             _table(["function", "share"],
                    [[f"`{t['function']}`", f"{t['percent']:.1f}%"] for t in profile["top_inclusive"][:20]]),
         ]
+    http = results.get("http")
+    if http:
+        from .http_compare import summary as http_summary
+
+        parts += ["## Open Inference Protocol over HTTP, against MLServer\n", http_summary(http)]
     swap = results.get("swap")
     if swap:
         parts += ["## Model swaps at half load\n", swap_summary(swap)]

@@ -38,6 +38,11 @@ it out): two platform processes at half load while model versions are
 activated and rolled back; and the shadow-cost scenario (``bench.shadow``,
 about a minute; ``--no-shadow`` leaves it out).
 
+After the comparison over WebSockets, the HTTP comparison
+(``bench.http_compare``, a few minutes, ``--no-http`` leaves it out): the
+platform's ``/v2`` infer against MLServer with adaptive batching and a naive
+FastAPI app, single-row iris requests from wrk at 10 and 50 connections.
+
 Results go to ``bench-results/<timestamp>/`` (``results.json``,
 ``results.md``, ``latency_vs_throughput.png``, the profiles, server logs) and
 are copied to ``bench-results/latest/``.
@@ -57,7 +62,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import machine, pinning, procstats, report, scaling, servers, shadow, swap
+from . import http_compare, machine, pinning, procstats, report, scaling, servers, shadow, swap
 from .loadgen import LoadError, LoadResult, LoadSpec, format_line, run_load
 from .profiling import profile_under_load, py_spy
 
@@ -110,6 +115,8 @@ class Options:
     shadow: bool = True
     #: Whether to run the scaling scenario (bench.scaling).
     scaling: bool = True
+    #: Whether to run the HTTP comparison with MLServer and a naive FastAPI app (bench.http_compare).
+    http: bool = True
 
 
 def workload_name(model: str, rows: int) -> str:
@@ -296,6 +303,8 @@ def run(options: Options) -> Path:
         pinning.pin_current_process(placement.client_cpus)
         print(f"bench: {pinning.describe(placement.as_dict())}", flush=True)
         comparison.compare(prepared)
+        if options.http:
+            results["http"] = http_compare.in_bench(prepared, run_dir, placement)
         if options.swaps:
             swap_results = run_swap_scenario(options, run_dir, placement)
             if swap_results is not None:
@@ -363,6 +372,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="swaps of the swap scenario (bench.swap); 0 leaves it out")
     parser.add_argument("--no-shadow", action="store_true", help="leave out the shadow-cost scenario (bench.shadow)")
     parser.add_argument("--no-scaling", action="store_true", help="leave out the scaling scenario (bench.scaling)")
+    parser.add_argument("--no-http", action="store_true",
+                        help="leave out the HTTP comparison with MLServer (bench.http_compare)")
     parser.add_argument("--server-cpus", default=defaults.server_cpus,
                         help="CPUs every server and its children run on (taskset -c syntax, e.g. 0 or 0,2); none: any")
     parser.add_argument("--client-cpus", default=defaults.client_cpus,
@@ -383,7 +394,7 @@ def main(argv: list[str] | None = None) -> None:
         profile_s=args.profile, servers=[s.strip() for s in args.servers.split(",") if s.strip()],
         workloads=pairs(args.workloads), profile_workloads=pairs(args.profile_workloads), out=args.out,
         keep_data=args.keep_data, server_cpus=args.server_cpus, client_cpus=args.client_cpus, swaps=args.swaps,
-        shadow=not args.no_shadow, scaling=not args.no_scaling,
+        shadow=not args.no_shadow, scaling=not args.no_scaling, http=not args.no_http,
     )
     unknown = set(options.servers) - {name for name, _, _ in SERVERS}
     if unknown:
