@@ -21,6 +21,7 @@ function drawTable(container, series) {
 
 export function startAgreement(container, url) {
   const canvas = container.querySelector("canvas");
+  const box = canvas.parentElement;
   const empty = container.querySelector(".empty-inline");
   let chart = null;
 
@@ -33,11 +34,11 @@ export function startAgreement(container, url) {
       return; // the server is restarting: the next refresh tries again
     }
     empty.hidden = series.length > 0;
-    canvas.hidden = series.length === 0;
+    box.hidden = series.length === 0;
     if (!series.length) return;
     if (typeof window.Chart !== "function") {
       drawTable(container.querySelector(".agreement-table"), series);
-      canvas.hidden = true;
+      box.hidden = true;
       return;
     }
     const datasets = series.map((s, i) => ({
