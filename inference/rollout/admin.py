@@ -9,6 +9,8 @@ comparisons to the page (``comparisons`` in the context).
 """
 
 from django import forms
+from django.contrib import messages
+from django.shortcuts import redirect
 from django.urls import path, reverse
 from django.utils.decorators import method_decorator
 from django.views.decorators.http import require_POST
@@ -75,9 +77,6 @@ class RolloutAdminMixin:
         return form
 
     def _refused(self, request, object_id, form):
-        from django.contrib import messages
-        from django.shortcuts import redirect
-
         problems = "; ".join(f"{field}: {' '.join(errors)}" for field, errors in form.errors.items())
         self.message_user(request, f"Nothing changed: {problems}", messages.ERROR)
         return redirect(reverse(f"admin:{self.opts.app_label}_{self.opts.model_name}_change", args=[object_id]))
