@@ -3,7 +3,8 @@
 Each server in turn on the server CPUs, wrk on the client CPUs, the same
 single-row iris request (each server asked for the label and the class
 probabilities, in its own output names), closed loops at each connection
-count. Server CPU per request is the CPU time of the server's whole process
+count, then, for the platform and MLServer, an open loop at half of the best
+closed-loop rate (:mod:`.halfload`). Server CPU per request is the CPU time of the server's whole process
 tree over the measured seconds, divided by the requests answered.
 """
 
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import pinning, procstats, servers
-from . import competitors, wrk
+from . import competitors, halfload, openloop, wrk
 
 IRIS_ROW = [5.1, 3.5, 1.4, 0.2]
 TENSOR = {"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": IRIS_ROW}
@@ -54,7 +55,7 @@ def measure(target: Target, options: HttpOptions, placement: pinning.Pinning) ->
             cpus=placement.client_cpus)
     rows = []
     for connections in options.connections:
-        rounds = []
+        rounds: list[dict[str, Any]] = []
         for _ in range(options.repeats):
             servers.wait_idle(target.pid)
             cpu_before = procstats.tree_cpu_s(target.pid)
@@ -89,6 +90,7 @@ def scenario(options: HttpOptions, prepared: Path, log_dir: Path, placement: pin
                                                                       placement.server_cpus))),
     ]
     rows: list[dict[str, Any]] = []
+    open_loop: list[dict[str, Any]] = []
     errors: dict[str, str] = {}
     for name, start in starters:
         try:
@@ -98,12 +100,17 @@ def scenario(options: HttpOptions, prepared: Path, log_dir: Path, placement: pin
             print(f"bench: {name} could not start for the HTTP comparison: {exc}", flush=True)
             continue
         try:
-            rows.extend(measure(target, options, placement))
-        except wrk.WrkError as exc:
+            closed = measure(target, options, placement)
+            rows.extend(closed)
+            half = halfload.measure(name, target.url, BODIES[name], closed, duration_s=options.duration_s,
+                                    placement=placement, pid=target.pid)
+            if half is not None:
+                open_loop.append(half)
+        except (wrk.WrkError, openloop.OpenLoopError) as exc:
             errors[name] = str(exc)
         finally:
             target.stop()
-    return {"rows": rows, "errors": errors, "connections": options.connections,
+    return {"rows": rows, "open_loop": open_loop, "errors": errors, "connections": options.connections,
             "duration_s": options.duration_s, "repeats": options.repeats,
             "mlserver": {"max_batch_size": competitors.MAX_BATCH_SIZE,
                          "max_batch_time_s": competitors.MAX_BATCH_TIME_S},
@@ -161,6 +168,7 @@ def summary(results: dict[str, Any]) -> str:
     for connections, ratio in results["ratios"].items():
         parts = [f"{key.replace('_', ' ')} {value}×" for key, value in ratio.items() if value is not None]
         lines.append(f"\nAt {connections} connections: " + ", ".join(parts) + ".")
+    lines.extend(halfload.table(results.get("open_loop", []), LABELS))
     for name, error in results["errors"].items():
         lines.append(f"\n{name} could not be measured: {error.splitlines()[0]}")
     return "\n".join(lines) + "\n"
@@ -171,7 +179,7 @@ def in_bench(prepared: Path, run_dir: Path, placement: pinning.Pinning) -> dict[
     print("bench: HTTP comparison (Open Inference Protocol)", flush=True)
     try:
         results = scenario(HttpOptions(), prepared, run_dir, placement)
-    except (competitors.CompetitorError, servers.ServerError, wrk.WrkError) as exc:
+    except (competitors.CompetitorError, servers.ServerError, wrk.WrkError, openloop.OpenLoopError) as exc:
         print(f"bench: the HTTP comparison failed: {exc}", flush=True)
         return None
     text = summary(results)
