@@ -28,7 +28,7 @@ from monitoring import events
 
 from . import protocol, replies, reports
 from .auth import ANONYMOUS, Client, authenticate, bearer_token, rate_limits
-from .draining import live_consumers
+from .draining import Drain, live_consumers
 from .keywatch import key_watch
 from .protocol import ProtocolError
 from .transport import DirectReadLoop, frame_sender
@@ -99,6 +99,9 @@ class PredictConsumer(DirectReadLoop, AsyncWebsocketConsumer):
         self.max_rows = settings.PLATFORM_MAX_ROWS
         self.max_frame_bytes = settings.PLATFORM_MAX_FRAME_BYTES
         await self.accept()
+        if Drain.started:  # the server is going away: connect again, to another process or host
+            await self.close(CLOSE_GOING_AWAY)
+            return
         live_consumers.add(self)
         events.connection_change(+1)
         self._counted = True

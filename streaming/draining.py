@@ -18,8 +18,21 @@ logger = logging.getLogger(__name__)
 live_consumers: weakref.WeakSet[PredictConsumer] = weakref.WeakSet()
 
 
+class Drain:
+    """Whether this process has begun its graceful shutdown."""
+
+    started = False
+
+
 async def drain_connections() -> None:
-    """Shutdown hook: answer every connection's requests in flight, then close it with 1001."""
+    """Shutdown hook: answer every connection's requests in flight, then close it with 1001.
+
+    A connection that opens once the drain has begun is closed with 1001 at
+    once (the consumer asks :class:`Drain`): it would not be drained, and what
+    it served after the prediction log's last write would reach the database
+    only when this host's journal is recovered.
+    """
+    Drain.started = True
     consumers = list(live_consumers)
     if consumers:
         # Requests already accepted end within their deadline: answered, or `timeout`.

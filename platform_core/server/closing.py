@@ -13,10 +13,10 @@ Why, and when each part can go:
   message limit both follow that one setting (daphne's two flags default to
   1 MiB frames). Can go when daphne lets the factory's options be set, or
   stops failing by drop.
-- On SIGTERM or SIGINT the shutdown hooks of ``platform_core.lifecycle`` run
-  before daphne cancels the applications: each connection's requests in
-  flight are answered and it is closed with 1001, the prediction log is
-  flushed. Can go when daphne runs an ASGI lifespan shutdown (or another
+- On SIGTERM or SIGINT the server stops listening, then the shutdown hooks
+  of ``platform_core.lifecycle`` run before daphne cancels the applications:
+  each connection's requests in flight are answered and it is closed with
+  1001, the prediction log is flushed. Can go when daphne runs an ASGI lifespan shutdown (or another
   hook) before it cancels the applications.
 """
 
@@ -51,6 +51,9 @@ INTERNALS = (
     # kill_all_applications is what daphne's reactor calls before it shuts down.
     Attribute("daphne", Server, "kill_all_applications"),
     Mentioned("daphne", Server, "run", "kill_all_applications"),
+    # listen_success is given each listening port, which the drain stops.
+    Attribute("daphne", Server, "listen_success"),
+    Mentioned("daphne", Server, "run", "listen_success"),
 )
 
 
@@ -97,10 +100,26 @@ class CloseCodesProtocol(WebSocketProtocol):
 
 
 class GracefulDrainServer(Server):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._listening_ports = []
+
+    def listen_success(self, port):
+        """Called when a listening port is up: kept, to stop accepting when the drain begins."""
+        self._listening_ports.append(port)
+        return super().listen_success(port)
+
     def kill_all_applications(self):
-        """Called by the reactor before it shuts down: drain first, then cancel what is left."""
+        """Called by the reactor before it shuts down: stop accepting, drain, then cancel what is left.
+
+        New connections are refused from here on, so that a load balancer
+        sends them to another server, rather than accepted by a server that
+        will not drain them.
+        """
         from platform_core.lifecycle import run_shutdown_hooks
 
+        for port in self._listening_ports:
+            port.stopListening()
         drained = defer.Deferred.fromFuture(asyncio.ensure_future(run_shutdown_hooks()))
         drained.addErrback(lambda failure: logger.error("Graceful shutdown failed: %s", failure.value))
         drained.addBoth(lambda _: super(GracefulDrainServer, self).kill_all_applications())

@@ -57,6 +57,15 @@ class ControlledRuntime:
         pass
 
 
+@pytest.fixture(autouse=True)
+def no_drain_left_behind():
+    """A test that drains (``drain_connections``) leaves the process draining; the next one starts anew."""
+    yield
+    from streaming.draining import Drain
+
+    Drain.started = False
+
+
 @pytest.fixture
 def service(demo_snapshot, transactional_db, monkeypatch):
     """The loaded demo pool as the process-wide service, with the registry rows in the test database."""
