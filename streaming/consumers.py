@@ -92,16 +92,14 @@ class PredictConsumer(DirectReadLoop, AsyncWebsocketConsumer):
         self.draining = False
         self._serve_through = 0
         self._auth_timer: asyncio.TimerHandle | None = None
-        self._flood_window = 0
-        self._flood_count = 0
+        self._flood_window = self._flood_count = 0
         self._flooded = False
         self.max_in_flight = settings.PLATFORM_MAX_IN_FLIGHT
         self.max_rows = settings.PLATFORM_MAX_ROWS
         self.max_frame_bytes = settings.PLATFORM_MAX_FRAME_BYTES
         await self.accept()
         if Drain.started:  # the server is going away: connect again, to another process or host
-            await self.close(CLOSE_GOING_AWAY)
-            return
+            return await self.close(CLOSE_GOING_AWAY)
         live_consumers.add(self)
         events.connection_change(+1)
         self._counted = True
