@@ -12,12 +12,10 @@ connection is still waiting for an earlier response queues on that
 connection and is sent when the response arrives, its wait counted in its
 latency (as wrk2 does). Such requests are counted as ``queued``.
 
-The sender sleeps until about a millisecond before each scheduled time and
-then polls the event loop (``asyncio.sleep(0)``, which still reads every
-reply as it arrives) until the time comes: epoll's timeouts are whole
-milliseconds, which would otherwise delay most sends by a fraction of one.
-It keeps the client's core busy, which is what that core is for. How late
-each send still was is reported as ``send_lag_ms``.
+The sender waits for each scheduled time with a timerfd (:mod:`.waker`),
+since asyncio's own timers are a millisecond coarse; how late each request
+was still handed to its connection is reported as ``send_lag_ms``, and
+whether the precise timer was there as ``precise_timer``.
 
 ``python -m bench.http_compare.openloop URL --rate R`` runs one load and
 prints its summary as JSON; :func:`run` does that pinned to given CPUs.
@@ -42,12 +40,11 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from ..pinning import under_taskset
+from ..servers import REPO_ROOT
+from .waker import Waker, clock
 
-clock = time.perf_counter
 #: Status of a request that got no response: the connection failed, or the drain time ran out.
 NO_RESPONSE = 0
-#: The sender sleeps until this long before a send, then polls the loop (see the module docstring).
-SPIN_S = 0.0015
 PERCENTILES = (50, 90, 99)
 
 
@@ -182,21 +179,22 @@ async def generate(url: str, body: bytes, *, rate_per_s: float, duration_s: floa
                                                parts.port or 80))[1] for _ in range(connections)]
     except OSError as exc:
         raise OpenLoopError(f"Could not connect to {url}: {exc}") from exc
+    waker = Waker(loop)
+    precise = waker.precise
     cpu_before = time.process_time()
     start = clock() + 0.05
     times += start
     n = len(conns)
     for k, at in enumerate(times.tolist()):
-        if at - clock() > SPIN_S:
-            await asyncio.sleep(at - clock() - SPIN_S)
-        # At least one pass of the loop per request, so replies are read on time even while catching up.
-        await asyncio.sleep(0)
-        while clock() < at:
-            await asyncio.sleep(0)
+        if clock() < at:
+            await waker.until(at)
+        else:
+            await asyncio.sleep(0)  # one pass of the loop per request, so replies are read on time while catching up
         record.scheduled[k] = at
         record.lag[k] = clock() - at
         conns[k % n].submit(k)
     sent_end = clock()
+    waker.close()
     deadline = sent_end + drain_timeout_s
     while any(conn.pending for conn in conns) and clock() < deadline:
         await asyncio.sleep(0.005)
@@ -206,7 +204,7 @@ async def generate(url: str, body: bytes, *, rate_per_s: float, duration_s: floa
     window = (start + warmup_s, start + warmup_s + duration_s)
     return summarize(record, window, rate_per_s=rate_per_s, connections=n,
                      queued=sum(c.queued for c in conns), lost=dict(lost), client_cpu_s=cpu_s,
-                     send_span_s=sent_end - start)
+                     send_span_s=sent_end - start, precise_timer=precise)
 
 
 def percentiles(values_ms: np.ndarray) -> dict[str, float | None]:
@@ -219,7 +217,8 @@ def percentiles(values_ms: np.ndarray) -> dict[str, float | None]:
 
 
 def summarize(record: Record, window: tuple[float, float], *, rate_per_s: float, connections: int, queued: int,
-              lost: dict[str, int], client_cpu_s: float, send_span_s: float) -> dict[str, Any]:
+              lost: dict[str, int], client_cpu_s: float, send_span_s: float,
+              precise_timer: bool = True) -> dict[str, Any]:
     """The figures of the requests *scheduled* in ``window``; a request with no response is an error."""
     scheduled = np.frombuffer(record.scheduled, dtype="f8")
     done = np.frombuffer(record.done, dtype="f8")
@@ -245,6 +244,7 @@ def summarize(record: Record, window: tuple[float, float], *, rate_per_s: float,
         "send_lag_ms": percentiles(np.frombuffer(record.lag, dtype="f8")[mask] * 1000.0),
         # How long the whole schedule took to send, against its length: above 1 the generator fell behind.
         "send_span_s": round(send_span_s, 3),
+        "precise_timer": precise_timer,
         "client_cpu_s": round(client_cpu_s, 3),
         "mode": "open loop, round-robin over keep-alive connections, queued behind a busy connection (no pipelining)",
     }
@@ -254,11 +254,13 @@ def run(url: str, body: dict[str, Any], *, rate_per_s: float, duration_s: float,
         warmup_s: float = 1.0, cpus: Collection[int] | None = None) -> dict[str, Any]:
     """:func:`generate` in a child process on ``cpus`` (as wrk is run), its summary read from its output."""
     command = under_taskset(cpus, [
-        sys.executable, "-m", "bench.http_compare.openloop", url, "--rate", str(rate_per_s),
+        # Not ``-m``: the package has imported this module already, and runpy would warn about it.
+        sys.executable, "-c", "from bench.http_compare.openloop import main; main()", url, "--rate", str(rate_per_s),
         "--duration", str(duration_s), "--warmup", str(warmup_s), "--connections", str(connections),
         "--body", json.dumps(body, separators=(",", ":"))])
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=warmup_s + duration_s + 120)
+        done = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT,
+                              timeout=warmup_s + duration_s + 120)
     except subprocess.TimeoutExpired as exc:
         raise OpenLoopError(f"The open-loop generator did not finish: {exc}") from exc
     if done.returncode != 0:

@@ -19,6 +19,7 @@ from bench.http_compare.openloop import (
     schedule,
     summarize,
 )
+from bench.http_compare.waker import Waker, clock
 
 BODY = b'{"inputs":[{"name":"input-0","shape":[1,4],"datatype":"FP64","data":[5.1,3.5,1.4,0.2]}]}'
 
@@ -164,3 +165,20 @@ def test_run_reports_the_child_process_failure():
     with pytest.raises(OpenLoopError, match="Could not connect"):
         openloop.run("http://127.0.0.1:9/", {"inputs": []}, rate_per_s=10.0, duration_s=0.1, warmup_s=0.0,
                      cpus=os.sched_getaffinity(0))
+
+
+async def test_the_waker_never_wakes_early_and_uses_a_timerfd_on_linux():
+    waker = Waker(asyncio.get_running_loop())
+    try:
+        assert waker.precise
+        lateness = []
+        for _ in range(20):
+            at = clock() + 0.0003
+            await waker.until(at)
+            lateness.append(clock() - at)
+    finally:
+        waker.close()
+
+    assert min(lateness) >= 0
+    # asyncio's own timers would be up to a millisecond late every time; allow for a busy machine.
+    assert sorted(lateness)[len(lateness) // 2] < 0.002
