@@ -161,6 +161,23 @@ async def test_a_refused_connection_is_a_clear_error():
         await generate(f"http://127.0.0.1:{port}/", BODY, rate_per_s=10.0, duration_s=0.1)
 
 
+async def test_run_loads_from_a_pinned_child_process():
+    server = SlowServer(delay_s=0.0)
+    listener = await asyncio.start_server(server.handle, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    cpu = max(os.sched_getaffinity(0))
+    try:
+        summary = await asyncio.to_thread(openloop.run, f"http://127.0.0.1:{port}/v2", {"inputs": []},
+                                          rate_per_s=200.0, duration_s=0.5, warmup_s=0.1, connections=3, cpus={cpu})
+    finally:
+        listener.close()
+
+    assert server.connections == 3
+    assert server.requests == 120
+    assert summary["ok"] == summary["requests"] == 100
+    assert summary["precise_timer"] is True
+
+
 def test_run_reports_the_child_process_failure():
     with pytest.raises(OpenLoopError, match="Could not connect"):
         openloop.run("http://127.0.0.1:9/", {"inputs": []}, rate_per_s=10.0, duration_s=0.1, warmup_s=0.0,
