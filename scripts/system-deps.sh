@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs the distribution packages the test suite drives for real: Redis and
 # PostgreSQL servers (started by the tests when none is running), headless
-# Chromium for the dashboard tests, Prometheus for the metrics tests and
-# HAProxy for the load balancer's configuration.
+# Chromium for the dashboard tests, Prometheus for the metrics tests,
+# HAProxy for the load balancer's configuration and the multi-host test, and
+# iproute2 for that test's hosts (network namespaces).
 set -euo pipefail
 
 need=()
@@ -13,6 +14,7 @@ fi
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
 # HAProxy: tests/deploy checks deploy/haproxy/haproxy.cfg with `haproxy -c`.
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
 need=($(printf "%s\n" "${need[@]}" | sort -u))
