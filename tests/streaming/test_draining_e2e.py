@@ -1,0 +1,103 @@
+"""The graceful drain through a real daphne process: new connections are refused, open ones answered, then 1001.
+
+A connection that holds requests keeps the drain going; once the server
+reports it is no longer ready, a new WebSocket connection must not be served
+(no ``ready``): it is refused, at the socket or with 1001 before any message,
+so that its client connects elsewhere, while the open connection gets every
+reply it was owed and then 1001.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+import urllib.error
+import urllib.request
+
+import websockets
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
+
+from tests.support.processes import wait_until
+
+IRIS_ROW = [5.1, 3.5, 1.4, 0.2]
+# A busy model waits up to PLATFORM_MAX_DELAY_MS (at most half a request's deadline) for a
+# fuller batch: a request queued behind a full one is answered that long after it arrived,
+# which keeps the drain going long after the new connection was tried.
+FULL_BATCH_ROWS, BATCH_WAIT_MS = 256, 2000
+
+
+def ready_status(server) -> int | None:
+    """``GET /v2/health/ready``: 200, 503 while draining, None once the server stopped listening."""
+    try:
+        with urllib.request.urlopen(f"{server.url}/v2/health/ready", timeout=2) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return None
+
+
+async def read_until_closed(ws, replies: dict, arrived: dict) -> int | None:
+    """Collect replies by id, with when each arrived, until the server closes; the close code."""
+    try:
+        while True:
+            reply = json.loads(await asyncio.wait_for(ws.recv(), 30))
+            assert reply["type"] in ("prediction", "error", "pong"), reply
+            replies[reply["id"]] = reply
+            arrived[reply["id"]] = time.monotonic()
+    except ConnectionClosed as closed:
+        return closed.rcvd.code if closed.rcvd is not None else None
+
+
+async def new_connection(server) -> tuple[str, object]:
+    """Open a connection to the draining server: ("refused", error) or ("closed", (code, reason, messages))."""
+    try:
+        ws = await websockets.connect(server.ws_url + "/ws/v1/predict/", open_timeout=5)
+    except (OSError, InvalidHandshake) as exc:
+        return "refused", exc
+    messages = []
+    try:
+        while True:
+            messages.append(json.loads(await asyncio.wait_for(ws.recv(), 10)))
+    except ConnectionClosed as closed:
+        code = closed.rcvd.code if closed.rcvd is not None else None
+        return "closed", (code, closed.rcvd.reason if closed.rcvd else "", messages)
+
+
+async def test_a_draining_server_refuses_new_connections_and_answers_the_open_one_before_1001(start_daphne):
+    server = start_daphne(env={"PLATFORM_REQUIRE_API_KEY": "0", "PLATFORM_MAX_BATCH_SIZE": str(FULL_BATCH_ROWS),
+                               "PLATFORM_MAX_DELAY_MS": str(BATCH_WAIT_MS)})
+    replies: dict = {}
+    arrived: dict = {}
+    async with websockets.connect(server.ws_url + "/ws/v1/predict/iris/") as ws:
+        assert json.loads(await ws.recv())["type"] == "ready"
+        await ws.send(json.dumps({"id": "full", "inputs": [IRIS_ROW] * FULL_BATCH_ROWS}))
+        await ws.send(json.dumps({"id": "behind", "inputs": [IRIS_ROW]}))
+        # The pong follows every request read before it: all of them are in flight when it comes.
+        await ws.send(json.dumps({"type": "ping", "id": "all-read"}))
+        reader = asyncio.ensure_future(read_until_closed(ws, replies, arrived))
+        while "all-read" not in replies:
+            await asyncio.sleep(0.005)
+        del replies["all-read"], arrived["all-read"]
+        server.process.send_signal(signal.SIGTERM)
+        await asyncio.to_thread(wait_until, lambda: ready_status(server) != 200, timeout_s=10,
+                                what="the server reporting it is draining", interval_s=0.01)
+        outcome, detail = await new_connection(server)
+        refused_at = time.monotonic()
+        close_code = await asyncio.wait_for(reader, 60)
+    print(f"new connection: {outcome} {detail!r}; answered {max(arrived.values()) - refused_at:.2f} s after it")
+
+    if outcome == "closed":
+        code, _, messages = detail
+        assert messages == [] and code == 1001, detail  # never `ready`, never a drop (1006)
+    else:
+        assert isinstance(detail, ConnectionRefusedError), detail
+    # The open connection got an answer to everything it had sent, some after the refusal, then 1001.
+    log = server.log_tail()
+    assert sorted(replies) == ["behind", "full"], (close_code, replies, log)
+    assert all(reply["type"] == "prediction" for reply in replies.values()), replies
+    assert arrived["behind"] > refused_at, "the drain had ended before the new connection was tried"
+    assert close_code == 1001, log
+    assert await asyncio.to_thread(server.process.wait, 30) == 0, server.log_tail()
