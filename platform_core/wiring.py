@@ -22,6 +22,7 @@ from typing import Any
 
 from django.conf import settings
 
+from frontend.consumers import close_dashboards
 from inference import service as inference_service
 from inference import swaps
 from inference.rollout import shadow as rollout_shadow
@@ -51,6 +52,7 @@ def connect() -> None:
     """Wire the apps together; called once, when Django's app registry is ready."""
     on_shutdown(modelsync.stop, order=MODEL_SYNC_ORDER)
     on_shutdown(drain_connections, order=DRAIN_ORDER)
+    on_shutdown(close_dashboards, order=DRAIN_ORDER)  # after the prediction streams began their drain
     catalog_changed.connect(modelsync.announce, dispatch_uid="platform_core.modelsync.announce")
     swaps.observe_catalog(push_catalog)
     # The switch that turns monitoring off (to measure what it costs) turns

@@ -19,7 +19,16 @@ live_consumers: weakref.WeakSet[PredictConsumer] = weakref.WeakSet()
 
 
 class Drain:
-    """Whether this process has begun its graceful shutdown."""
+    """Whether this process has begun its graceful shutdown.
+
+    A connection that opens once it has (a handshake under way when the
+    server stopped listening) is accepted and closed with 1001 before
+    ``ready``, as 4401 and 4404 are sent: 1001 is the protocol's "server
+    shutting down", which clients answer by connecting again with backoff,
+    elsewhere, and a browser sees the code. Refusing the handshake instead
+    would say less: daphne refuses every handshake with HTTP 403 (there is
+    no 503 to send), which clients take for a permanent refusal.
+    """
 
     started = False
 

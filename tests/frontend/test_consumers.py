@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from channels.testing import WebsocketCommunicator
 from django.test import Client
 
+from frontend.consumers import close_dashboards
 from monitoring import events
 from platform_core.asgi import application
+from streaming.draining import Drain
 from tests.frontend.conftest import prediction
 
 PATH = "/ws/v1/dashboard/"
@@ -104,3 +108,26 @@ async def test_staff_see_the_platform_once_a_second(aggregator, staff_cookie):
         await communicator.disconnect()
     assert aggregator.dashboards == 0
     assert aggregator.connections == 0
+
+
+async def test_a_dashboard_that_opens_once_the_server_drains_is_closed_with_1001_before_hello(
+        aggregator, staff_cookie, monkeypatch):
+    monkeypatch.setattr(Drain, "started", True)
+    communicator = WebsocketCommunicator(application, PATH, headers=[ORIGIN, staff_cookie])
+    connected, _ = await communicator.connect()
+    assert connected
+    assert await closed_with(communicator) == 1001
+    assert aggregator.dashboards == 0
+
+
+async def test_the_shutdown_closes_open_dashboards_with_1001(aggregator, staff_cookie):
+    communicator = WebsocketCommunicator(application, PATH, headers=[ORIGIN, staff_cookie])
+    connected, _ = await communicator.connect()
+    assert connected
+    assert (await communicator.receive_json_from(timeout=3))["type"] == "hello"
+    closing = asyncio.ensure_future(close_dashboards())
+    assert await closed_with(communicator) == 1001
+    assert not closing.done()  # it waits for the browser's half of the closing handshake
+    await communicator.disconnect()
+    await asyncio.wait_for(closing, 1)
+    assert aggregator.dashboards == 0
