@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from http import HTTPStatus
 
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
-from streaming.client import PredictionClient
+from streaming.client import Backoff, PredictionClient
 
 READY = {"type": "ready", "protocol": 1, "max_in_flight": 2, "max_rows": 8, "models": {"m": {"version": 1}}}
 
@@ -65,3 +66,37 @@ async def test_a_request_its_caller_stopped_waiting_for_does_not_stop_the_client
         # Its reply arrives later and is dropped; the connection serves on.
         reply = await client.predict("m", [[2]])
     assert reply["outputs"][0]["value"] == [2] and script.received == [1, 2]
+
+
+class Draining(Scripted):
+    """Closes its first connection with 1001, then refuses two handshakes the ways a draining server may."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.handshakes = 0
+
+    def process_request(self, connection: ServerConnection, request: object) -> object:
+        self.handshakes += 1
+        if self.handshakes == 2:  # a proxy in front of it with no server to send the connection to
+            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "No server is available.\n")
+        return None
+
+    async def handler(self, ws: ServerConnection) -> None:
+        if self.handshakes == 3:  # a handshake under way when the drain began: 1001 before `ready`
+            await ws.close(1001)
+        elif self.handshakes == 1:
+            await ws.send(json.dumps(READY))
+            await ws.close(1001)
+        else:
+            await super().handler(ws)
+
+
+async def test_handshakes_refused_while_a_server_drains_are_tried_again_after_the_backoff():
+    script = Draining()
+    async with serve(script.handler, "127.0.0.1", 0, process_request=script.process_request) as server:
+        url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/ws/v1/predict/"
+        async with PredictionClient(url, backoff=Backoff(initial_s=0.01, max_s=0.05)) as client:
+            reply = await asyncio.wait_for(client.predict("m", [[7]]), 5)
+    assert reply["outputs"][0]["value"] == [7]
+    # The refused attempts were failed attempts of one reconnect, not errors that end the client.
+    assert script.handshakes == 4 and client.reconnects == 1
