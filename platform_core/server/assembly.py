@@ -75,6 +75,7 @@ class PlatformCommandLineInterface(CommandLineInterface):
         super().__init__()
         self.parser.prog = "python -m platform_core.server"  # rather than __main__.py in the usage line
         grpc_port.add_argument(self.parser)
+        workers.add_argument(self.parser)
 
     def run(self, args):
         grpc_port.serve(args, self.parser)

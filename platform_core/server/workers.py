@@ -53,7 +53,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 logger = logging.getLogger("platform_core.server.workers")
@@ -98,6 +98,14 @@ class WorkerOptions:
     port: int
     #: daphne's arguments for each worker, without the binding.
     daphne_args: list[str]
+
+
+def add_argument(parser: argparse.ArgumentParser) -> None:
+    """``--workers`` in daphne's ``--help``; :func:`supervise_or_pass` takes it off before daphne parses."""
+    parser.add_argument(
+        "--workers", default=None, metavar="N",
+        help="Serve with N processes on the port (a number, or 'auto': one per usable core; default 1)",
+    )
 
 
 def parse(argv: Sequence[str]) -> tuple[WorkerOptions | None, list[str]]:
@@ -162,11 +170,10 @@ class Worker:
     #: Deaths in a row, each within MIN_UPTIME_S of its start.
     quick_deaths: int = 0
     restart_at: float | None = None
-    exits: list[int] = field(default_factory=list)
 
 
 class Supervisor:
-    """Starts the workers on one socket, replaces those that die, and stops them all on SIGTERM or SIGINT."""
+    """Starts the workers on their sockets, replaces those that die, and stops them all on SIGTERM or SIGINT."""
 
     def __init__(self, options: WorkerOptions, listeners: list[socket.socket], *, metrics_dir: str) -> None:
         self.options = options
@@ -212,7 +219,6 @@ class Supervisor:
         from monitoring.deployment_metrics import WORKER_RESTARTS
 
         multiprocess.mark_process_dead(pid, self.metrics_dir)
-        worker.exits.append(status)
         lived_s = time.monotonic() - worker.started
         worker.quick_deaths = worker.quick_deaths + 1 if lived_s < MIN_UPTIME_S else 0
         pause_s = 0.0
