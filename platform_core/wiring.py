@@ -3,8 +3,8 @@
 ``inference`` reports its model calls and its model swaps to whoever
 observes them, ``monitoring`` listens to the serving events and reads what
 the pool serves through callables handed to it here, and the shutdown hooks
-run in the order given here: the process stops following the registry,
-connections drain, then the prediction log writes what it holds, then the
+run in the order given here: new WebSocket connections are refused, the
+process stops following the registry, connections drain, then the prediction log writes what it holds, then the
 metrics flush (the log's own gauges and counters included).
 
 A change to the registry (``inference.signals.catalog_changed``) reaches
@@ -32,11 +32,13 @@ from monitoring import comparisons, events, livestats, metrics, predictionlog
 from platform_core import modelsync
 from platform_core.lifecycle import before_send, on_shutdown
 from streaming.catalog_push import push_catalog
-from streaming.draining import drain_connections
+from streaming.draining import drain_connections, refuse_new_connections
 
 logger = logging.getLogger(__name__)
 
 MODEL_SYNC_ORDER, DRAIN_ORDER, PREDICTION_LOG_ORDER, METRICS_ORDER = 5, 10, 50, 80
+#: First of all, with the server's listening ports closing: no new WebSocket connection is served.
+REFUSE_ORDER = 0
 #: After the connections drained (no more shadow copies), before the metrics flush.
 COMPARISONS_ORDER = 45
 #: The ``action`` of ``catalog_changed`` for a version that failed validation.
@@ -50,6 +52,7 @@ def serving_state() -> list[ModelState]:
 
 def connect() -> None:
     """Wire the apps together; called once, when Django's app registry is ready."""
+    on_shutdown(refuse_new_connections, order=REFUSE_ORDER)
     on_shutdown(modelsync.stop, order=MODEL_SYNC_ORDER)
     on_shutdown(drain_connections, order=DRAIN_ORDER)
     on_shutdown(close_dashboards, order=DRAIN_ORDER)  # after the prediction streams began their drain

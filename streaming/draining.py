@@ -33,6 +33,15 @@ class Drain:
     started = False
 
 
+async def refuse_new_connections() -> None:
+    """Shutdown hook, the first to run (as the server stops listening): new connections get 1001 before ``ready``.
+
+    The connections open by then are served on until ``drain_connections``,
+    which runs after the HTTP requests in flight were answered.
+    """
+    Drain.started = True
+
+
 async def drain_connections() -> None:
     """Shutdown hook: answer every connection's requests in flight, then close it with 1001.
 
