@@ -2,9 +2,10 @@
 
 A connection that holds requests keeps the drain going; once the server
 reports it is no longer ready, a new WebSocket connection must not be served
-(no ``ready``): it is refused, at the socket or with 1001 before any message,
-so that its client connects elsewhere, while the open connection gets every
-reply it was owed and then 1001.
+(no ``ready``): a new one is refused at the socket, and a handshake that was
+under way when the drain began is accepted and closed with 1001 before any
+message, so that their clients connect elsewhere, while the open connection
+gets every reply it was owed and then 1001.
 """
 
 from __future__ import annotations
@@ -26,6 +27,11 @@ IRIS_ROW = [5.1, 3.5, 1.4, 0.2]
 # fuller batch: a request queued behind a full one is answered that long after it arrived,
 # which keeps the drain going long after the new connection was tried.
 FULL_BATCH_ROWS, BATCH_WAIT_MS = 256, 2000
+# A handshake sent in two parts: the connection is open before the drain, the upgrade completes during it.
+HANDSHAKE_START = b"GET /ws/v1/predict/ HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+HANDSHAKE_END = (b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                 b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+CLOSE_OPCODE = 0x8
 
 
 def ready_status(server) -> int | None:
@@ -66,6 +72,20 @@ async def new_connection(server) -> tuple[str, object]:
         return "closed", (code, closed.rcvd.reason if closed.rcvd else "", messages)
 
 
+async def finish_handshake(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> tuple[bytes, int, bytes]:
+    """Send the rest of a handshake begun earlier: the status line, then the first frame's opcode and payload."""
+    writer.write(HANDSHAKE_END)
+    await writer.drain()
+    try:
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        first, length = await asyncio.wait_for(reader.readexactly(2), 10)
+        # The server's frames are not masked; a close frame's payload is under 126 bytes.
+        payload = await asyncio.wait_for(reader.readexactly(length & 0x7F), 10)
+    finally:
+        writer.close()
+    return head.split(b"\r\n")[0], first & 0x0F, payload
+
+
 async def test_a_draining_server_refuses_new_connections_and_answers_the_open_one_before_1001(start_daphne):
     server = start_daphne(env={"PLATFORM_REQUIRE_API_KEY": "0", "PLATFORM_MAX_BATCH_SIZE": str(FULL_BATCH_ROWS),
                                "PLATFORM_MAX_DELAY_MS": str(BATCH_WAIT_MS)})
@@ -73,6 +93,8 @@ async def test_a_draining_server_refuses_new_connections_and_answers_the_open_on
     arrived: dict = {}
     async with websockets.connect(server.ws_url + "/ws/v1/predict/iris/") as ws:
         assert json.loads(await ws.recv())["type"] == "ready"
+        under_way = await asyncio.open_connection("127.0.0.1", server.port)
+        under_way[1].write(HANDSHAKE_START)
         await ws.send(json.dumps({"id": "full", "inputs": [IRIS_ROW] * FULL_BATCH_ROWS}))
         await ws.send(json.dumps({"id": "behind", "inputs": [IRIS_ROW]}))
         # The pong follows every request read before it: all of them are in flight when it comes.
@@ -85,6 +107,7 @@ async def test_a_draining_server_refuses_new_connections_and_answers_the_open_on
         await asyncio.to_thread(wait_until, lambda: ready_status(server) != 200, timeout_s=10,
                                 what="the server reporting it is draining", interval_s=0.01)
         outcome, detail = await new_connection(server)
+        status, opcode, payload = await finish_handshake(*under_way)
         refused_at = time.monotonic()
         close_code = await asyncio.wait_for(reader, 60)
     print(f"new connection: {outcome} {detail!r}; answered {max(arrived.values()) - refused_at:.2f} s after it")
@@ -94,6 +117,9 @@ async def test_a_draining_server_refuses_new_connections_and_answers_the_open_on
         assert messages == [] and code == 1001, detail  # never `ready`, never a drop (1006)
     else:
         assert isinstance(detail, ConnectionRefusedError), detail
+    # Accepted (101), then closed with 1001: no `ready` came first.
+    assert b" 101 " in status and opcode == CLOSE_OPCODE, (status, opcode, payload)
+    assert int.from_bytes(payload[:2], "big") == 1001, payload
     # The open connection got an answer to everything it had sent, some after the refusal, then 1001.
     log = server.log_tail()
     assert sorted(replies) == ["behind", "full"], (close_code, replies, log)
