@@ -81,8 +81,8 @@ class TokenBucket:
 class RateLimits:
     """Each key's rate: for the whole deployment with ``REDIS_URL`` (``shared_limits``), else per process.
 
-    ``take`` is this process's bucket alone, shared by all of that key's
-    connections here; ``acquire`` is what the edges ask per request.
+    The per-process bucket is shared by all of that key's connections here,
+    and decides alone while Redis does not answer.
     """
 
     def __init__(self) -> None:
@@ -92,16 +92,26 @@ class RateLimits:
     async def acquire(self, client: Client) -> float:
         """Take one request of the key's rate; 0 if allowed, else the milliseconds until one is free.
 
-        Awaits Redis only when this process's grant of the key's tokens is spent.
+        Awaits Redis only when this process holds no token of the key.
         """
         if client.rate_limit_per_s is None or client.key_id is None:
             return 0.0
         if not settings.REDIS_URL:
-            return self.take(client)
+            return self._take_local(client)
         return await self._shared.acquire(settings.REDIS_URL, client.key_id, client.rate_limit_per_s,
-                                          partial(self.take, client))
+                                          partial(self._take_local, client))
 
     def take(self, client: Client) -> float:
+        """``acquire`` without waiting: a request with no token at hand is admitted on credit (``take_now``)."""
+        if client.rate_limit_per_s is None or client.key_id is None:
+            return 0.0
+        if not settings.REDIS_URL:
+            return self._take_local(client)
+        return self._shared.take_now(settings.REDIS_URL, client.key_id, client.rate_limit_per_s,
+                                     partial(self._take_local, client))
+
+    def _take_local(self, client: Client) -> float:
+        """This process's bucket of the key."""
         if client.rate_limit_per_s is None or client.key_id is None:
             return 0.0
         bucket = self._buckets.get(client.key_id)

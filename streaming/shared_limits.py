@@ -16,6 +16,11 @@ answers ``rate_limited`` locally until then. What the deployment admits
 stays within the bucket; what it can lose is the unspent grants, at most
 ``processes x GRANT_S`` of the key's rate.
 
+Callers that cannot await (the Open Inference Protocol's admission, which
+is synchronous) use :meth:`SharedBuckets.take_now`: with no token at hand it
+admits the request on credit, up to one grant's worth, while a grant is
+fetched in the background, and the next grant pays the credit back.
+
 When Redis does not answer (within :data:`REDIS_TIMEOUT_S`), the process
 falls back to its own per-process buckets, logs it once, and sets
 ``platform_rate_limits_local_processes``; it never refuses a request because
@@ -96,7 +101,10 @@ class Grant:
     expires: float = 0.0
     #: The bucket was empty: refuse locally until then (monotonic seconds).
     empty_until: float = 0.0
+    #: Tokens admitted on credit (``take_now``) that the next grant pays back.
+    owed: int = 0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    refilling: asyncio.Task[None] | None = None
 
 
 class RedisUnavailable(Exception):
@@ -118,38 +126,89 @@ class SharedBuckets:
         return self._retry_at is not None
 
     async def acquire(self, redis_url: str, key_id: int, rate_per_s: float, local_take: LocalTake) -> float:
-        """Take one token of ``key_id``'s bucket; 0 if allowed, else the milliseconds until one is free."""
-        now = time.monotonic()
-        if self._retry_at is not None and now < self._retry_at:
+        """Take one token of ``key_id``'s bucket; 0 if allowed, else the milliseconds until one is free.
+
+        Awaits Redis when this process holds no token of the key.
+        """
+        if self._retry_at is not None and time.monotonic() < self._retry_at:
             return local_take()
+        grant = self._grant(key_id, rate_per_s)
+        if (answer := self._spend(grant)) is not None:
+            return answer
+        async with grant.lock:
+            # Another request of this key may have fetched a grant while this one waited for the lock.
+            if (answer := self._spend(grant)) is not None:
+                return answer
+            try:
+                await self._refill(redis_url, key_id, grant)
+            except RedisUnavailable as exc:
+                self._fall_back(exc)
+                return local_take()
+            answer = self._spend(grant)
+            # None: the whole grant paid what this process owed (take_now).
+            return answer if answer is not None else max(1.0, 1000.0 / rate_per_s)
+
+    def take_now(self, redis_url: str, key_id: int, rate_per_s: float, local_take: LocalTake) -> float:
+        """Take one token without waiting, for callers that cannot await; 0 if allowed, else the wait in ms.
+
+        With no token at hand the request is admitted on credit, up to one
+        grant's worth, while a grant is fetched in the background; the next
+        grant pays the credit back. What the deployment admits beyond the
+        bucket is at most one grant per process at a time.
+        """
+        if self._retry_at is not None and time.monotonic() < self._retry_at:
+            return local_take()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no event loop to fetch a grant on: this process's own bucket decides
+            return local_take()
+        grant = self._grant(key_id, rate_per_s)
+        if (answer := self._spend(grant)) is not None:
+            return answer
+        if grant.refilling is None or grant.refilling.done():
+            grant.refilling = loop.create_task(self._refill_in_background(redis_url, key_id, grant))
+        if grant.owed < grant_size(rate_per_s):
+            grant.owed += 1
+            return 0.0
+        return max(1.0, 1000.0 / rate_per_s)
+
+    def _grant(self, key_id: int, rate_per_s: float) -> Grant:
         grant = self._grants.get(key_id)
         if grant is None or grant.rate_per_s != rate_per_s:
             grant = self._grants[key_id] = Grant(rate_per_s)
+        return grant
+
+    @staticmethod
+    def _spend(grant: Grant) -> float | None:
+        """0 when a token of the grant was spent, the wait when the bucket is empty, None to ask Redis."""
+        now = time.monotonic()
         if grant.tokens > 0 and now < grant.expires:
             grant.tokens -= 1
             return 0.0
         if now < grant.empty_until:
             return (grant.empty_until - now) * 1000.0
+        return None
+
+    async def _refill(self, redis_url: str, key_id: int, grant: Grant) -> None:
+        """A new grant from Redis, less what this process owes; raises RedisUnavailable."""
+        wanted = grant_size(grant.rate_per_s) + grant.owed
+        granted, wait_ms = await self._take(redis_url, key_id, grant.rate_per_s, wanted)
+        self._recovered()
+        now = time.monotonic()
+        paid = min(granted, grant.owed)
+        grant.owed -= paid
+        grant.tokens, grant.expires = granted - paid, now + GRANT_TTL_S
+        grant.empty_until = now + wait_ms / 1000.0 if granted == 0 else 0.0
+
+    async def _refill_in_background(self, redis_url: str, key_id: int, grant: Grant) -> None:
         async with grant.lock:
-            # Another request of this key may have fetched a grant while this one waited for the lock.
-            now = time.monotonic()
-            if grant.tokens > 0 and now < grant.expires:
-                grant.tokens -= 1
-                return 0.0
-            if now < grant.empty_until:
-                return (grant.empty_until - now) * 1000.0
+            if grant.tokens > 0 and time.monotonic() < grant.expires:
+                return
             try:
-                granted, wait_ms = await self._take(redis_url, key_id, rate_per_s, grant_size(rate_per_s))
+                await self._refill(redis_url, key_id, grant)
             except RedisUnavailable as exc:
                 self._fall_back(exc)
-                return local_take()
-            self._recovered()
-            now = time.monotonic()
-            if granted == 0:
-                grant.tokens, grant.empty_until = 0, now + wait_ms / 1000.0
-                return float(max(1, wait_ms))
-            grant.tokens, grant.expires = granted - 1, now + GRANT_TTL_S
-            return 0.0
+                grant.owed = 0  # per-process limits from here; nothing to pay back
 
     async def _take(self, redis_url: str, key_id: int, rate_per_s: float, wanted: int) -> tuple[int, int]:
         script = self._script(redis_url)

@@ -9,14 +9,19 @@ what the key is allowed is counted from the replies (anything but
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+import urllib.error
+import urllib.request
+from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from bench.servers import free_port
 from tests.reliability.log_comparison import StreamingClient, api_key, until_answered
-from tests.scaleout.platform import RedisProcess, connections_by_worker, scrape, start_workers, total
+from tests.scaleout.platform import IRIS_ROW, RedisProcess, connections_by_worker, scrape, start_workers, total
 from tests.support.commands import DemoData
 from tests.support.daphne import DaphneServer
 from tests.support.processes import ServiceUnavailable
@@ -97,6 +102,42 @@ async def test_the_rate_holds_for_the_whole_deployment(server):
     assert sum(1 for count in spread.values() if count) >= 2  # per-process buckets would admit several times more
     assert within(admitted, expected, 0.10)
     assert load.outcomes() <= {"ok", "rate_limited", "invalid_input"}
+
+
+def infer_statuses(url: str, key: str, seconds: float, senders: int, per_sender_s: float) -> list[tuple[float, int]]:
+    """``senders`` threads each POSTing an iris infer ``per_sender_s`` times a second: (when, HTTP status)."""
+    body = json.dumps({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP64", "data": IRIS_ROW}]})
+    started = time.monotonic()
+
+    def send(number: int) -> list[tuple[float, int]]:
+        statuses = []
+        for n in range(int(seconds * per_sender_s)):
+            time.sleep(max(0.0, started + (n + number / senders) / per_sender_s - time.monotonic()))
+            request = urllib.request.Request(f"{url}/v2/models/iris/infer", data=body.encode(), method="POST",
+                                             headers={"Authorization": f"Bearer {key}",
+                                                      "Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    statuses.append((time.monotonic(), response.status))
+            except urllib.error.HTTPError as exc:
+                statuses.append((time.monotonic(), exc.code))
+        return statuses
+
+    with ThreadPoolExecutor(senders) as pool:
+        return [status for statuses in pool.map(send, range(senders)) for status in statuses]
+
+
+async def test_the_rate_holds_for_the_whole_deployment_over_http(server):
+    key = api_key(server, "deployment-rate-http", "--rate", str(RATE_PER_S))
+    statuses = await asyncio.to_thread(infer_statuses, server.url, key, 6.5, CONNECTIONS, OFFERED_PER_CONNECTION_PER_S)
+    # As on the WebSocket: leave the first 1.5 s (the burst), count the rest.
+    begin = min(at for at, _ in statuses) + 1.5
+    window = [status for at, status in statuses if at >= begin]
+    elapsed_s = max(at for at, _ in statuses) - begin
+    admitted = sum(1 for status in window if status == 200)
+    print(f"/v2: {admitted} admitted in {elapsed_s:.2f} s at {RATE_PER_S:g}/s; statuses {Counter(window)}")
+    assert set(window) <= {200, 429}
+    assert within(admitted, RATE_PER_S * elapsed_s, 0.10)
 
 
 async def test_redis_down_falls_back_per_process_and_comes_back(server, redis_server):

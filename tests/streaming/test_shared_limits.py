@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -88,3 +89,33 @@ async def test_redis_down_falls_back_to_the_process_once_and_comes_back(bucket_u
         assert await process.acquire(bucket_url, 43, 100.0, local_take) == 0.0
     assert not process.local and local_processes() == 0
     assert len(caplog.records) == 2 and "again" in caplog.records[1].getMessage()
+
+
+async def test_without_waiting_processes_admit_the_burst_and_a_grant_each_at_most(bucket_url):
+    rate = 200.0
+    processes = [SharedBuckets() for _ in range(4)]
+    admitted = 0
+    started = time.monotonic()
+    for _ in range(150):
+        for process in processes:
+            if process.take_now(bucket_url, 44, rate, local_take) == 0.0:
+                admitted += 1
+        await asyncio.sleep(0.001)  # the background fetches run
+    elapsed_s = time.monotonic() - started
+    # Credit is paid back from later grants: beyond the bucket, at most one grant per process.
+    assert rate - 4 * grant_size(rate) <= admitted <= rate + elapsed_s * rate + 4 * grant_size(rate) + 1, (
+        admitted, elapsed_s)
+
+
+async def test_without_waiting_redis_down_falls_back_after_one_grant_of_credit(monkeypatch):
+    dead_url = f"redis://127.0.0.1:{free_port()}/0"
+    process = SharedBuckets()
+    first = [process.take_now(dead_url, 45, 100.0, local_take) for _ in range(grant_size(100.0))]
+    assert first == [0.0] * grant_size(100.0)  # on credit while the grant is asked for
+    await asyncio.sleep(0.5)  # the background fetch fails
+    assert process.local
+    assert process.take_now(dead_url, 45, 100.0, local_take) == LOCAL_REFUSAL_MS
+
+
+def test_without_an_event_loop_the_process_decides():
+    assert SharedBuckets().take_now("redis://127.0.0.1:1/0", 46, 10.0, local_take) == LOCAL_REFUSAL_MS
