@@ -55,7 +55,7 @@ def connect() -> None:
     on_shutdown(refuse_new_connections, order=REFUSE_ORDER)
     on_shutdown(modelsync.stop, order=MODEL_SYNC_ORDER)
     on_shutdown(drain_connections, order=DRAIN_ORDER)
-    on_shutdown(close_dashboards, order=DRAIN_ORDER)  # after the prediction streams began their drain
+    on_shutdown(close_dashboards, order=DRAIN_ORDER)  # once the prediction streams drained: dashboards show it
     catalog_changed.connect(modelsync.announce, dispatch_uid="platform_core.modelsync.announce")
     swaps.observe_catalog(push_catalog)
     # The switch that turns monitoring off (to measure what it costs) turns
