@@ -54,7 +54,7 @@ BENCH_IN_FLIGHT ?= 8
 BENCH_PROCESSES ?= 1
 BENCH_ENCODING ?= json
 BENCH_ARGS ?=
-bench: setup
+bench: setup system-deps
 	$(PY) -m bench.run --duration $(BENCH_DURATION_S) --warmup $(BENCH_WARMUP_S) --repeats $(BENCH_REPEATS) \
 		--connections $(BENCH_CONNECTIONS) --in-flight $(BENCH_IN_FLIGHT) \
 		--processes $(BENCH_PROCESSES) --encoding $(BENCH_ENCODING) \

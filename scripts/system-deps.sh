@@ -3,7 +3,7 @@
 # PostgreSQL servers (started by the tests when none is running), headless
 # Chromium for the dashboard tests, Prometheus for the metrics tests,
 # HAProxy for the load balancer's configuration and the multi-host test, and
-# iproute2 for that test's hosts (network namespaces).
+# iproute2 for that test's hosts (network namespaces), and wrk for make bench.
 set -euo pipefail
 
 need=()
@@ -17,6 +17,8 @@ command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 # HAProxy: tests/deploy checks deploy/haproxy/haproxy.cfg with `haproxy -c`.
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
+# wrk: make bench's HTTP comparison drives every server with it.
+command -v wrk >/dev/null 2>&1 || need+=(wrk)
 need=($(printf "%s\n" "${need[@]}" | sort -u))
 
 if [ ${#need[@]} -eq 0 ]; then
