@@ -12,7 +12,6 @@ from inference.service import InferenceService, get_service
 from monitoring import events
 from monitoring import livestats as stats
 from monitoring.events import PredictionEvent
-from platform_core.wiring import serving_state
 from tests.support.fakes import fake_entry, serve_fake_models
 
 IRIS_ROW = [5.1, 3.5, 1.4, 0.2]
@@ -35,6 +34,10 @@ async def aggregator(
     monkeypatch: pytest.MonkeyPatch, served_models: InferenceService
 ) -> AsyncIterator[stats.StatsAggregator]:
     """A fresh aggregator as this process's, and the only sink on monitoring.events."""
+    # Imported here: this module loads as a plugin before Django's apps, and the
+    # composition root imports models.
+    from platform_core.wiring import serving_state
+
     fresh = stats.StatsAggregator(serving_state=serving_state)
     monkeypatch.setattr(stats, "aggregator", fresh)
     monkeypatch.setattr(events, "_prediction_sinks", [fresh.observe_prediction])

@@ -81,10 +81,12 @@ async def test_a_server_stopped_mid_stream_closes_1001_and_every_request_is_answ
 
     client, results = await stream_through_a_restart(restartable, demo_data, terminate)
     logged = reconnects_logged(caplog)
-    # The server answered what it had accepted before it closed: nothing was out when the connection ended.
+    # The server answered what it had accepted before it closed. A request the client sent as the close
+    # frame crossed it on the wire was never read, so at most the client's window is sent again.
     # Reconnecting while it drained was refused (it stops listening, or closes a late handshake with 1001
     # before `ready`) and tried again with backoff: the only connection that ended is the drained one.
-    assert logged == [(1001, 0)], caplog.text
+    assert [code for code, _ in logged] == [1001], caplog.text
+    assert logged[0][1] <= 256, caplog.text  # the window: the server's PLATFORM_MAX_IN_FLIGHT
     assert client.reconnects == 1
     assert len(results) > 200
 
