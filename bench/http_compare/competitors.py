@@ -13,11 +13,9 @@ exported with joblib, which is what MLServer's scikit-learn runtime loads.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -25,6 +23,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import side_environment
 from ..pinning import under_taskset
 from ..servers import REPO_ROOT, free_port, tail
 
@@ -41,19 +40,12 @@ class CompetitorError(Exception):
 
 def environment(directory: Path) -> Path:
     """The Python of the competitors' virtual environment under ``directory``, made if missing or stale."""
-    marker = directory / "requirements.sha256"
-    wanted = hashlib.sha256("\n".join(REQUIREMENTS).encode()).hexdigest()
-    python = directory / "bin" / "python"
-    if python.exists() and marker.exists() and marker.read_text().strip() == wanted:
-        return python
-    print(f"bench: installing MLServer into {directory} (once)", flush=True)
     try:
-        subprocess.run([sys.executable, "-m", "venv", "--clear", str(directory)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "--quiet", *REQUIREMENTS], check=True, timeout=1800)
-    except (subprocess.SubprocessError, OSError) as exc:
-        raise CompetitorError(f"Could not install {', '.join(REQUIREMENTS)}: {exc}") from exc
-    marker.write_text(wanted + "\n")
-    return python
+        return side_environment.python_of(
+            directory, REQUIREMENTS, timeout_s=1800,
+            announce=lambda: print(f"bench: installing MLServer into {directory} (once)", flush=True))
+    except side_environment.SideEnvironmentError as exc:
+        raise CompetitorError(str(exc)) from exc
 
 
 def export_iris(directory: Path) -> Path:

@@ -9,11 +9,10 @@ and reused while its requirements stay the same.
 
 from __future__ import annotations
 
-import hashlib
 import os
-import subprocess
-import sys
 from pathlib import Path
+
+from bench import side_environment
 
 REQUIREMENTS = ("kserve==0.21.0",)
 INSTALL_TIMEOUT_S = 900
@@ -30,20 +29,8 @@ def cache_directory() -> Path:
 
 def kserve_python(directory: Path | None = None) -> Path:
     """The Python of the kserve environment, made if missing or stale."""
-    directory = directory or cache_directory()
-    marker = directory / "requirements.sha256"
-    wanted = hashlib.sha256("\n".join(REQUIREMENTS).encode()).hexdigest()
-    python = directory / "bin" / "python"
-    if python.exists() and marker.exists() and marker.read_text().strip() == wanted:
-        return python
     try:
-        subprocess.run([sys.executable, "-m", "venv", "--clear", str(directory)], check=True, capture_output=True)
-        subprocess.run([str(python), "-m", "pip", "install", "--quiet", *REQUIREMENTS], check=True,
-                       capture_output=True, timeout=INSTALL_TIMEOUT_S)
-    except subprocess.CalledProcessError as exc:
-        raise KServeUnavailable(f"Could not install {', '.join(REQUIREMENTS)} into {directory}: "
-                                f"{exc.stderr.decode(errors='replace')[-2000:]}") from exc
-    except (subprocess.SubprocessError, OSError) as exc:
-        raise KServeUnavailable(f"Could not install {', '.join(REQUIREMENTS)} into {directory}: {exc}") from exc
-    marker.write_text(wanted + "\n")
-    return python
+        return side_environment.python_of(directory or cache_directory(), REQUIREMENTS,
+                                          timeout_s=INSTALL_TIMEOUT_S)
+    except side_environment.SideEnvironmentError as exc:
+        raise KServeUnavailable(str(exc)) from exc
