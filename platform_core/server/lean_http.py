@@ -105,6 +105,9 @@ class LeanHTTPProtocol(protocol.Protocol):
         #: Set once the connection is daphne's, or once it was refused: this protocol reads no more.
         self.done_reading = False
         self.idle_timer: asyncio.TimerHandle | None = None
+        #: The scope's ``client`` and ``server``: the same for every request of the connection.
+        self.client: tuple[str, int] | None = None
+        self.local: tuple[str, int] | None = None
 
     # -- the connection ---------------------------------------------------------------
 
@@ -112,6 +115,8 @@ class LeanHTTPProtocol(protocol.Protocol):
         if not isinstance(self.transport, tcp.Server):  # TLS and wrapped transports: daphne's own way
             self._hand_over(b"")
             return
+        peer, host = self.transport.getPeer(), self.transport.getHost()
+        self.client, self.local = (peer.host, peer.port), (host.host, host.port)
         self._arm_idle_timer()
 
     def dataReceived(self, data: bytes) -> None:
@@ -192,13 +197,12 @@ class LeanHTTPProtocol(protocol.Protocol):
     def _scope(self) -> dict[str, Any]:
         parsed = httptools.parse_url(self.url)
         path = parsed.path or b"/"
-        peer, host = self.transport.getPeer(), self.transport.getHost()
         return {
             "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"},
             "http_version": self.parser.get_http_version(), "method": self.parser.get_method().decode("ascii"),
             "scheme": "http", "path": unquote(path.decode("latin-1")), "raw_path": path,
             "query_string": parsed.query or b"", "root_path": getattr(self.server, "root_path", "") or "",
-            "headers": self.headers, "client": (peer.host, peer.port), "server": (host.host, host.port),
+            "headers": self.headers, "client": self.client, "server": self.local,
         }
 
     def _start(self, scope: dict[str, Any], request: _Request) -> None:
@@ -236,9 +240,7 @@ class LeanHTTPProtocol(protocol.Protocol):
 
     def _refuse(self, status: HTTPStatus, message: bytes) -> None:
         self.done_reading = True
-        head = (f"HTTP/1.1 {status.value} {status.phrase}\r\ncontent-type: text/plain\r\n"
-                f"content-length: {len(message)}\r\nconnection: close\r\n\r\n").encode("latin-1")
-        self.transport.write(head + message)
+        self.transport.write(_closing_response(status, message))
         self.transport.loseConnection()
 
     def _count_head(self, n: int) -> None:
@@ -352,12 +354,17 @@ class _Responder:
                 request.wake()
 
     def internal_error(self) -> None:
-        message = b"Internal Server Error"
         self.request.keep_alive = False
         self.request.finished = True
         self.connection.transport.write(
-            b"HTTP/1.1 500 Internal Server Error\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n"
-            b"connection: close\r\n\r\n%s" % (len(message), message))
+            _closing_response(HTTPStatus.INTERNAL_SERVER_ERROR, b"Internal Server Error"))
+
+
+def _closing_response(status: HTTPStatus, message: bytes) -> bytes:
+    """A plain-text response after which the server closes the connection."""
+    head = (f"HTTP/1.1 {status.value} {status.phrase}\r\ncontent-type: text/plain\r\n"
+            f"content-length: {len(message)}\r\nconnection: close\r\n\r\n")
+    return head.encode("latin-1") + message
 
 
 def _head(message: dict[str, Any], keep_alive: bool) -> tuple[bytes, bool]:
