@@ -63,6 +63,7 @@ from pathlib import Path
 from typing import Any
 
 from . import http_compare, machine, pinning, procstats, report, scaling, servers, shadow, swap
+from .attempt import attempt
 from .loadgen import LoadError, LoadResult, LoadSpec, format_line, run_load
 from .profiling import profile_under_load, py_spy
 
@@ -257,12 +258,10 @@ class Comparison:
 
 def run_swap_scenario(options: Options, run_dir: Path, placement: pinning.Pinning) -> dict[str, Any] | None:
     """The swap scenario's results, or None (with the reason printed) if it could not run."""
-    print("bench: swap scenario", flush=True)
-    try:
-        return swap.scenario(swap.SwapOptions(swaps=options.swaps, encoding=options.encoding), run_dir, placement)
-    except (servers.ServerError, LoadError) as exc:
-        print(f"bench: the swap scenario failed: {exc}", file=sys.stderr, flush=True)
-        return None
+    return attempt("swap scenario",
+                   lambda: swap.scenario(swap.SwapOptions(swaps=options.swaps, encoding=options.encoding), run_dir,
+                                         placement),
+                   (servers.ServerError, LoadError))
 
 
 def run(options: Options) -> Path:

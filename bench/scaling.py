@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from . import pinning, servers
+from .attempt import attempt
 from .loadgen import LoadError, LoadSpec, format_line, run_load
 
 MODEL = "iris"
@@ -150,11 +151,9 @@ def table(results: dict[str, Any]) -> str:
 
 def in_bench(encoding: str, run_dir: Path, placement: pinning.Pinning) -> dict[str, Any] | None:
     """The scenario as ``bench.run`` runs it; None (with the reason printed) if it could not run."""
-    print("bench: scaling scenario", flush=True)
-    try:
-        results = scenario(ScalingOptions(encoding=encoding), run_dir, placement)
-    except (servers.ServerError, LoadError) as exc:
-        print(f"bench: the scaling scenario failed: {exc}", file=sys.stderr, flush=True)
+    results = attempt("scaling scenario", lambda: scenario(ScalingOptions(encoding=encoding), run_dir, placement),
+                      (servers.ServerError, LoadError))
+    if results is None:
         return None
     print(table(results), flush=True)
     return results

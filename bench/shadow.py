@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from . import machine, pinning, servers
+from .attempt import attempt
 from .loadgen import LoadError, LoadSpec, format_line, run_load
 
 FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
@@ -186,11 +187,9 @@ def summary(results: dict[str, Any]) -> str:
 
 def in_bench(encoding: str, run_dir: Path, placement: pinning.Pinning) -> dict[str, Any] | None:
     """The scenario as ``make bench`` runs it: results (also in ``shadow.md``), or None with the reason printed."""
-    print("bench: shadow-cost scenario", flush=True)
-    try:
-        results = scenario(ShadowOptions(encoding=encoding), run_dir, placement)
-    except (servers.ServerError, LoadError) as exc:
-        print(f"bench: the shadow-cost scenario failed: {exc}", file=sys.stderr, flush=True)
+    results = attempt("shadow-cost scenario", lambda: scenario(ShadowOptions(encoding=encoding), run_dir, placement),
+                      (servers.ServerError, LoadError))
+    if results is None:
         return None
     (run_dir / "shadow.md").write_text(f"# Shadow-cost scenario\n\n{summary(results)}\n")
     print(summary(results), flush=True)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import pinning, procstats, servers
+from ..attempt import attempt
 from . import competitors, halfload, openloop, wrk
 
 IRIS_ROW = [5.1, 3.5, 1.4, 0.2]
@@ -176,11 +177,9 @@ def summary(results: dict[str, Any]) -> str:
 
 def in_bench(prepared: Path, run_dir: Path, placement: pinning.Pinning) -> dict[str, Any] | None:
     """The comparison as ``make bench`` runs it: results (also in ``http.md``), or None with the reason printed."""
-    print("bench: HTTP comparison (Open Inference Protocol)", flush=True)
-    try:
-        results = scenario(HttpOptions(), prepared, run_dir, placement)
-    except (competitors.CompetitorError, servers.ServerError, wrk.WrkError, openloop.OpenLoopError) as exc:
-        print(f"bench: the HTTP comparison failed: {exc}", flush=True)
+    results = attempt("HTTP comparison", lambda: scenario(HttpOptions(), prepared, run_dir, placement),
+                      (competitors.CompetitorError, servers.ServerError, wrk.WrkError, openloop.OpenLoopError))
+    if results is None:
         return None
     text = summary(results)
     (run_dir / "http.md").write_text(f"# Open Inference Protocol over HTTP\n\n{text}")
