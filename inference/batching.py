@@ -16,7 +16,11 @@ Rules, after Ray Serve's ``batching.py`` and MLServer's adaptive batcher:
 - the queue is bounded: a full queue raises ``Overloaded`` at submission;
 - a request whose deadline passed while it waited is answered ``timeout`` and
   never run;
-- the model call runs in an executor thread, never on the event loop.
+- the model call runs in an executor thread, never on the event loop, unless
+  the batcher was given ``inline_below_ms`` and the model's calls measure
+  shorter than that (``inline_calls``): then the hand-off to a thread would
+  cost more than the call. An inline call is followed by a turn of the
+  event loop before the next batch.
 """
 
 from __future__ import annotations
@@ -33,10 +37,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from .exceptions import DeadlineExceeded, ModelCallFailed, Overloaded
+from .inline_calls import InlinePolicy
 
 logger = logging.getLogger(__name__)
 
 ModelCall = Callable[[np.ndarray], np.ndarray]
+
 
 
 @dataclass(slots=True)
@@ -84,6 +90,7 @@ class DynamicBatcher:
         queue_capacity: int,
         name: str = "model",
         on_batch: Callable[[BatchStats], None] | None = None,
+        inline_below_ms: float = 0.0,
     ) -> None:
         if not isinstance(max_batch_size, int) or max_batch_size < 1:
             raise ValueError(f"max_batch_size for {name} must be a positive integer, not {max_batch_size!r}.")
@@ -91,6 +98,8 @@ class DynamicBatcher:
             raise ValueError(f"max_delay_ms for {name} must be a finite number >= 0, not {max_delay_ms!r}.")
         if not isinstance(queue_capacity, int) or queue_capacity < 1:
             raise ValueError(f"queue_capacity for {name} must be a positive integer, not {queue_capacity!r}.")
+        if not isinstance(inline_below_ms, (int, float)) or not math.isfinite(inline_below_ms) or inline_below_ms < 0:
+            raise ValueError(f"inline_below_ms for {name} must be a finite number >= 0, not {inline_below_ms!r}.")
         self.call = call
         self.executor = executor
         self.max_batch_size = max_batch_size
@@ -98,6 +107,7 @@ class DynamicBatcher:
         self.queue_capacity = queue_capacity
         self.name = name
         self.on_batch = on_batch
+        self.inline_calls = InlinePolicy(inline_below_ms / 1000.0)
         self._queue: deque[_Pending] = deque()
         #: Rows in ``_queue``, abandoned requests included until they are popped.
         self._queued_rows = 0
@@ -208,8 +218,10 @@ class DynamicBatcher:
             if busy and self.max_delay_s > 0 and self._queued_rows < self.max_batch_size:
                 await self._wait_for_more(queue, wakeup)
             batch = self._take(queue)
-            if batch:
-                await self._run(batch)
+            if batch and await self._run(batch):
+                # An inline call never gave the event loop a turn: let it read and
+                # write before the next batch, so replies leave and newcomers join.
+                await asyncio.sleep(0)
             busy = bool(queue)
 
     async def _wait_for_more(self, queue: deque[_Pending], wakeup: asyncio.Event) -> None:
@@ -266,14 +278,20 @@ class DynamicBatcher:
         self._queued_rows -= rows
         return batch
 
-    async def _run(self, batch: list[_Pending]) -> None:
+    async def _run(self, batch: list[_Pending]) -> bool:
+        """Run one batch and answer its requests; True when the model call ran on the event loop."""
         loop = asyncio.get_running_loop()
         total = sum(pending.rows.shape[0] for pending in batch)
         self.in_flight_rows = total
         started = time.perf_counter()
+        inline = self.inline_calls.next_inline()
         try:
             inputs = batch[0].rows if len(batch) == 1 else np.concatenate([pending.rows for pending in batch])
-            outputs = await loop.run_in_executor(self.executor, self.call, inputs)
+            if inline:
+                outputs, call_s = self._timed_call(inputs)
+            else:
+                outputs, call_s = await loop.run_in_executor(self.executor, self._timed_call, inputs)
+            self.inline_calls.ran(inline, call_s)
             # A runtime that breaks its contract fails its batch's requests, not the worker.
             if not isinstance(outputs, np.ndarray) or outputs.ndim == 0:
                 raise ModelCallFailed(f"{self.name} returned {type(outputs).__name__}, not an array of outputs.")
@@ -292,7 +310,7 @@ class DynamicBatcher:
                 if not pending.future.done():
                     pending.future.set_exception(error)
             self._observe(total, len(batch), (finished - started) * 1000.0, failed=True)
-            return
+            return inline
         finally:
             self.in_flight_rows = 0
         finished = time.perf_counter()
@@ -316,6 +334,13 @@ class DynamicBatcher:
                 )
             offset += n
         self._observe(total, len(batch), inference_ms, failed=False)
+        return inline
+
+    def _timed_call(self, inputs: np.ndarray) -> tuple[np.ndarray, float]:
+        """The model call, and how long it took where it ran (without the hand-off to a thread)."""
+        started = time.perf_counter()
+        outputs = self.call(inputs)
+        return outputs, time.perf_counter() - started
 
     def _observe(self, rows: int, requests: int, inference_ms: float, *, failed: bool) -> None:
         if self.on_batch is not None:

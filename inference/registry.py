@@ -29,6 +29,8 @@ class Batching:
     max_batch_size: int
     max_delay_ms: float
     queue_capacity: int
+    #: Model calls measured shorter than this run on the event loop (``DynamicBatcher``); 0: always in a thread.
+    inline_below_ms: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +103,7 @@ def batching(max_batch_size: int | None, max_delay_ms: float | None, queue_capac
         max_batch_size=max_batch_size or settings.PLATFORM_MAX_BATCH_SIZE,
         max_delay_ms=max_delay_ms if max_delay_ms is not None else settings.PLATFORM_MAX_DELAY_MS,
         queue_capacity=queue_capacity or settings.PLATFORM_QUEUE_CAPACITY,
+        inline_below_ms=settings.PLATFORM_INLINE_CALLS_BELOW_MS,
     )
 
 

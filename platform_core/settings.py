@@ -268,6 +268,8 @@ PLATFORM_LEAN_HTTP = env_bool("PLATFORM_LEAN_HTTP", True)
 PLATFORM_MAX_BATCH_SIZE = env_int("PLATFORM_MAX_BATCH_SIZE", 256, minimum=1)
 PLATFORM_MAX_DELAY_MS = float(os.environ.get("PLATFORM_MAX_DELAY_MS", "2"))
 PLATFORM_QUEUE_CAPACITY = env_int("PLATFORM_QUEUE_CAPACITY", 4096, minimum=1)
+# Model calls measured shorter than this run on the event loop instead of the model's thread (0: never).
+PLATFORM_INLINE_CALLS_BELOW_MS = float(os.environ.get("PLATFORM_INLINE_CALLS_BELOW_MS", "0"))
 PLATFORM_REQUEST_TIMEOUT_MS = float(os.environ.get("PLATFORM_REQUEST_TIMEOUT_MS", "5000"))
 
 # Load every active model version when the ASGI application is imported.

@@ -10,6 +10,9 @@
   ``platform.send_frame`` scope extension of ``platform_core.server``), which
   writes a reply at once from a plain callback, without a task and an awaited
   ASGI ``send``.
+- ``disconnect_watch``: the platform server's callback for an HTTP client's
+  disconnect (the ``platform.disconnect`` extension), which spares a request
+  that waits for the model a task blocked in ``receive()``.
 """
 
 from __future__ import annotations
@@ -26,6 +29,12 @@ from channels.exceptions import StopConsumer
 SEND_FRAME = "platform.send_frame"
 
 FrameSender = Callable[[bytes, bool], bool]
+
+#: ``scope["extensions"][DISCONNECT]["watch"](callback) -> unwatch``: an HTTP request's
+#: ``callback`` is called when its client disconnects, without a task waiting in
+#: ``receive()``; ``unwatch()`` stops that. Offered by ``platform_core.server``.
+DISCONNECT = "platform.disconnect"
+DisconnectWatch = Callable[[Callable[[], None]], Callable[[], None]]
 
 
 class DirectReadLoop:
@@ -57,3 +66,9 @@ def frame_sender(scope: dict[str, Any]) -> FrameSender | None:
     """``send(payload, binary)`` where the server offers ``platform.send_frame``, else None (use ASGI send)."""
     extension = (scope.get("extensions") or {}).get(SEND_FRAME)
     return extension.get("send") if isinstance(extension, dict) else None
+
+
+def disconnect_watch(scope: dict[str, Any]) -> DisconnectWatch | None:
+    """``watch(callback)`` where the server offers ``platform.disconnect``, else None (wait in ``receive()``)."""
+    extension = (scope.get("extensions") or {}).get(DISCONNECT)
+    return extension.get("watch") if isinstance(extension, dict) else None

@@ -145,6 +145,13 @@ class CoalescedWrites:
             self._flusher.mark(self)
         self._pending.append(data)
 
+    def flush_now(self) -> None:
+        """Send what is waiting now rather than at the flusher's turn (the journal first, as the flusher does)."""
+        if self._pending:
+            if send_hooks:
+                run_send_hooks()
+            self.flush()
+
     def flush(self) -> None:
         pending = self._pending
         if not pending:
@@ -219,12 +226,13 @@ class CoalescedWritesServer(Server):
     def create_application(self, protocol, scope):
         """Called when a connection's ASGI application is about to be created: coalesces its writes."""
         if scope.get("type") == "websocket" and isinstance(protocol, CoalescedWritesProtocol):
-            flusher = self._write_flusher()
+            flusher = self.write_flusher()
             if flusher is not None:
                 protocol.coalesce_writes(flusher)
         return super().create_application(protocol, scope)
 
-    def _write_flusher(self) -> WriteFlusher | None:
+    def write_flusher(self) -> WriteFlusher | None:
+        """The flusher of the running event loop's connections; None outside one."""
         try:
             loop = asyncio.get_running_loop()  # the asyncio reactor's loop: create_application runs on it
         except RuntimeError:

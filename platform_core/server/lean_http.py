@@ -33,7 +33,10 @@ import httptools
 from daphne.http_protocol import HTTPFactory
 from twisted.internet import protocol, tcp
 
+from platform_core.server.coalescing import CoalescedWrites, WriteFlusher
 from platform_core.server.internals import Attribute, require
+from platform_core.server.lean_exchange import Request, Responder, closing_response, receiver
+from streaming.transport import DISCONNECT
 
 logger = logging.getLogger(__name__)
 
@@ -62,27 +65,6 @@ def enabled() -> bool:
     return bool(getattr(settings, "PLATFORM_LEAN_HTTP", True))
 
 
-class _Request:
-    """One request's ASGI side: its body as it arrives, and whether the client is still there."""
-
-    __slots__ = ("body", "complete", "disconnected", "waiters", "started", "finished", "keep_alive")
-
-    def __init__(self, keep_alive: bool) -> None:
-        self.body: list[bytes] = []
-        self.complete = False
-        self.disconnected = False
-        self.waiters: list[asyncio.Future[None]] = []
-        self.started = False
-        self.finished = False
-        self.keep_alive = keep_alive
-
-    def wake(self) -> None:
-        waiters, self.waiters = self.waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-
-
 class LeanHTTPProtocol(protocol.Protocol):
     """An HTTP/1.1 connection served with httptools, or handed over to daphne's channel."""
 
@@ -98,9 +80,11 @@ class LeanHTTPProtocol(protocol.Protocol):
         self.head_bytes = 0
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
-        self.request: _Request | None = None
-        self.pending: list[tuple[dict[str, Any], _Request]] = []  # pipelined, behind the one running
+        self.request: Request | None = None
+        self.pending: list[tuple[dict[str, Any], Request]] = []  # pipelined, behind the one running
         self.running = False
+        #: The request the application is serving now.
+        self.serving: Request | None = None
         self.closed = False
         #: Set once the connection is daphne's, or once it was refused: this protocol reads no more.
         self.done_reading = False
@@ -108,6 +92,8 @@ class LeanHTTPProtocol(protocol.Protocol):
         #: The scope's ``client`` and ``server``: the same for every request of the connection.
         self.client: tuple[str, int] | None = None
         self.local: tuple[str, int] | None = None
+        #: Responses leave through the server's write flusher, one ``send()`` per pass (as WebSocket frames do).
+        self.writes: CoalescedWrites | None = None
 
     # -- the connection ---------------------------------------------------------------
 
@@ -117,7 +103,26 @@ class LeanHTTPProtocol(protocol.Protocol):
             return
         peer, host = self.transport.getPeer(), self.transport.getHost()
         self.client, self.local = (peer.host, peer.port), (host.host, host.port)
+        flusher = self._write_flusher() if type(self.transport) is tcp.Server else None
+        if flusher is not None:
+            self.writes = CoalescedWrites(self.transport, flusher)
         self._arm_idle_timer()
+
+    def _write_flusher(self) -> WriteFlusher | None:
+        find = getattr(self.server, "write_flusher", None)
+        return find() if find is not None else None
+
+    def write(self, data: bytes) -> None:
+        """Send ``data`` after what this connection wrote before."""
+        if self.writes is not None:
+            self.writes.write(data)
+        else:
+            self.transport.write(data)
+
+    def flush_writes(self) -> None:
+        """Send what is waiting for the next pass now: before the connection changes hands."""
+        if self.writes is not None:
+            self.writes.flush_now()
 
     def dataReceived(self, data: bytes) -> None:
         if not self.decided:
@@ -140,10 +145,11 @@ class LeanHTTPProtocol(protocol.Protocol):
     def connectionLost(self, reason: Any = None) -> None:
         self.closed = True
         self._cancel_idle_timer()
-        for request in [self.request] + [queued for _, queued in self.pending]:
-            if request is not None:
-                request.disconnected = True
-                request.wake()
+        # The request being served (its body may be complete: no longer self.request), the one
+        # being read, and those pipelined behind.
+        requests = [self.serving, self.request, *(queued for _, queued in self.pending)]
+        for request in dict.fromkeys(r for r in requests if r is not None):
+            request.lost()
 
     # -- httptools' callbacks ---------------------------------------------------------------
 
@@ -171,8 +177,8 @@ class LeanHTTPProtocol(protocol.Protocol):
             self.received = []
         elif self.parser.should_upgrade():
             return  # handed over by feed_data's HttpParserUpgrade, once the head is complete
-        request = _Request(self.parser.should_keep_alive())
-        scope = self._scope()
+        request = Request(self.parser.should_keep_alive())
+        scope = self._scope(request)
         self.request = request
         if self.running:
             self.pending.append((scope, request))
@@ -194,7 +200,7 @@ class LeanHTTPProtocol(protocol.Protocol):
 
     # -- serving --------------------------------------------------------------------------------
 
-    def _scope(self) -> dict[str, Any]:
+    def _scope(self, request: Request) -> dict[str, Any]:
         parsed = httptools.parse_url(self.url)
         path = parsed.path or b"/"
         return {
@@ -203,16 +209,19 @@ class LeanHTTPProtocol(protocol.Protocol):
             "scheme": "http", "path": unquote(path.decode("latin-1")), "raw_path": path,
             "query_string": parsed.query or b"", "root_path": getattr(self.server, "root_path", "") or "",
             "headers": self.headers, "client": self.client, "server": self.local,
+            # Lets an application hear of a disconnect without a task blocked in receive().
+            "extensions": {DISCONNECT: {"watch": request.watch}},
         }
 
-    def _start(self, scope: dict[str, Any], request: _Request) -> None:
+    def _start(self, scope: dict[str, Any], request: Request) -> None:
         self.running = True
+        self.serving = request
         asyncio.ensure_future(self._serve(scope, request))
 
-    async def _serve(self, scope: dict[str, Any], request: _Request) -> None:
-        responder = _Responder(self, request, scope["method"] == "HEAD")
+    async def _serve(self, scope: dict[str, Any], request: Request) -> None:
+        responder = Responder(self, request, scope["method"] == "HEAD")
         try:
-            await self.application(scope, _receiver(request), responder.send)
+            await self.application(scope, receiver(request), responder.send)
         except Exception:
             logger.exception("Exception inside application serving %s %s", scope["method"], scope["path"])
             if not request.started and not self.closed:
@@ -224,8 +233,9 @@ class LeanHTTPProtocol(protocol.Protocol):
                 responder.internal_error()
         self._next(request)
 
-    def _next(self, request: _Request) -> None:
+    def _next(self, request: Request) -> None:
         self.running = False
+        self.serving = None
         if self.closed:
             return
         if not request.keep_alive or not request.complete:
@@ -240,7 +250,7 @@ class LeanHTTPProtocol(protocol.Protocol):
 
     def _refuse(self, status: HTTPStatus, message: bytes) -> None:
         self.done_reading = True
-        self.transport.write(_closing_response(status, message))
+        self.write(closing_response(status, message))
         self.transport.loseConnection()
 
     def _count_head(self, n: int) -> None:
@@ -254,6 +264,8 @@ class LeanHTTPProtocol(protocol.Protocol):
     def _hand_over(self, data: bytes) -> None:
         self._cancel_idle_timer()
         self.done_reading = True
+        self.flush_writes()  # daphne's channel writes through Twisted's buffer, behind these
+        self.writes = None
         successor = self.fallback()
         transport = self.transport
         transport.protocol = successor
@@ -290,103 +302,6 @@ class LeanHTTPProtocol(protocol.Protocol):
 
 class _Stop(Exception):
     """Stops httptools' parse once the connection is no longer this protocol's to read."""
-
-
-def _receiver(request: _Request) -> Callable[[], Any]:
-    """ASGI ``receive``: the body as it arrives, then ``http.disconnect`` once the client left or was answered."""
-    body_ended = False
-
-    async def receive() -> dict[str, Any]:
-        nonlocal body_ended
-        while True:
-            # As uvicorn does: after the response, a receive() means the request is over for the app.
-            if request.disconnected or request.finished:
-                return {"type": "http.disconnect"}
-            if not body_ended and (request.body or request.complete):
-                body = b"".join(request.body)
-                request.body.clear()
-                body_ended = request.complete
-                return {"type": "http.request", "body": body, "more_body": not body_ended}
-            waiter = asyncio.get_running_loop().create_future()
-            request.waiters.append(waiter)
-            await waiter
-
-    return receive
-
-
-class _Responder:
-    """The ASGI ``send`` of one request: the head and body, written when the body ends."""
-
-    def __init__(self, connection: LeanHTTPProtocol, request: _Request, head_only: bool) -> None:
-        self.connection = connection
-        self.request = request
-        self.head_only = head_only
-        self.head = b""
-        self.chunked = False
-        self.parts: list[bytes] = []
-
-    async def send(self, message: dict[str, Any]) -> None:
-        request, connection = self.request, self.connection
-        if connection.closed:
-            raise OSError("The client closed the connection.")
-        kind = message["type"]
-        if kind == "http.response.start":
-            if request.started:
-                raise RuntimeError("http.response.start sent twice.")
-            request.started = True
-            self.head, self.chunked = _head(message, request.keep_alive)
-        elif kind == "http.response.body":
-            if not request.started or request.finished:
-                raise RuntimeError("http.response.body outside a response.")
-            body, more = message.get("body", b""), message.get("more_body", False)
-            if self.head_only:
-                body = b""
-            elif self.chunked and body:
-                body = b"%x\r\n%s\r\n" % (len(body), body)
-            if self.head:
-                body, self.head = self.head + body, b""
-            if not more and self.chunked and not self.head_only:
-                body += b"0\r\n\r\n"
-            if body:
-                connection.transport.write(body)
-            if not more:
-                request.finished = True
-                request.wake()
-
-    def internal_error(self) -> None:
-        self.request.keep_alive = False
-        self.request.finished = True
-        self.connection.transport.write(
-            _closing_response(HTTPStatus.INTERNAL_SERVER_ERROR, b"Internal Server Error"))
-
-
-def _closing_response(status: HTTPStatus, message: bytes) -> bytes:
-    """A plain-text response after which the server closes the connection."""
-    head = (f"HTTP/1.1 {status.value} {status.phrase}\r\ncontent-type: text/plain\r\n"
-            f"content-length: {len(message)}\r\nconnection: close\r\n\r\n")
-    return head.encode("latin-1") + message
-
-
-def _head(message: dict[str, Any], keep_alive: bool) -> tuple[bytes, bool]:
-    status = int(message["status"])
-    try:
-        reason = HTTPStatus(status).phrase.encode()
-    except ValueError:
-        reason = b""
-    lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
-    has_length = False
-    for name, value in message.get("headers", ()):
-        lowered = bytes(name).lower()
-        if lowered == b"content-length":
-            has_length = True
-        elif lowered == b"connection":
-            continue
-        lines.append(b"%s: %s\r\n" % (bytes(name), bytes(value)))
-    chunked = not has_length and status >= 200 and status not in (204, 304)
-    if chunked:
-        lines.append(b"transfer-encoding: chunked\r\n")
-    lines.append(b"connection: keep-alive\r\n\r\n" if keep_alive else b"connection: close\r\n\r\n")
-    return b"".join(lines), chunked
 
 
 def serve_plain_http_leanly(factory: HTTPFactory, application: Any) -> None:

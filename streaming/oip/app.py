@@ -18,6 +18,7 @@ import logging
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
+import orjson
 from django.conf import settings
 
 from inference.outcomes import Outcome
@@ -25,6 +26,7 @@ from inference.service import InferenceService, get_service
 from monitoring.events import Protocol
 
 from ..auth import bearer_token
+from ..transport import disconnect_watch
 from . import binary, codec, metadata
 from .errors import HttpError
 from .infer import Answer, Inferences, InferRequest, client_of, entry_for
@@ -46,7 +48,7 @@ def _json_response_headers(length: int, extra: list[tuple[bytes, bytes]]) -> lis
 async def respond(send: Send, status: int, body: dict[str, Any], headers: Sequence[tuple[bytes, bytes]] = (),
                   binary: Sequence[bytes] = ()) -> None:
     """Send ``body`` as JSON, followed by ``binary`` tensor data (the binary data extension) when there is some."""
-    data = json.dumps(body, separators=(",", ":")).encode()
+    data = _json_bytes(body)
     if binary:
         json_length = len(data)
         data = b"".join((data, *binary))
@@ -56,6 +58,21 @@ async def respond(send: Send, status: int, body: dict[str, Any], headers: Sequen
         headers = _json_response_headers(len(data), list(headers))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": data})
+
+
+def _json_bytes(body: dict[str, Any]) -> bytes:
+    try:
+        return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+    except orjson.JSONEncodeError:  # what only the standard encoder writes: a lone surrogate in an echoed id
+        return json.dumps(body, separators=(",", ":")).encode()
+
+
+def _parse_json(text: bytes) -> Any:
+    """The body's JSON document; ``NaN`` and ``Infinity`` read as numbers, to be refused as non-finite input."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)  # what orjson refuses: those literals, integers past 64 bits
 
 
 async def read_body(scope: Scope, receive: Receive, limit_bytes: int) -> bytes | None:
@@ -209,7 +226,7 @@ class OpenInferenceApp:
             raise HttpError(400, Outcome.INVALID_REQUEST, str(exc)) from None
         text, tail = (raw, b"") if json_length is None else (raw[:json_length], raw[json_length:])
         try:
-            body = json.loads(text)
+            body = _parse_json(text)
         except (ValueError, RecursionError):
             raise HttpError(400, Outcome.INVALID_JSON, "The request body is not valid JSON.") from None
         if type(body) is not dict:
@@ -222,8 +239,11 @@ class OpenInferenceApp:
             return codec.json_tensors(body.get("inputs")), codec.json_output_names(body)
 
         array, names = inferences.prepare(request, entry, read)
-        # Once the body is read, the next message is the client's disconnect.
-        answer = await inferences.run(service, request, entry, array, names, gone=lambda: _disconnected(receive))
+        # Once the body is read, the next message is the client's disconnect; the platform's
+        # own HTTP server also offers to call back instead, which spares a task per request.
+        watch = disconnect_watch(scope)
+        answer = await inferences.run(service, request, entry, array, names, watch=watch,
+                                      gone=None if watch else lambda: _disconnected(receive))
         return None if answer is None else (answer, binary.binary_outputs(body, names))
 
 

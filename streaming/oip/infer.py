@@ -47,6 +47,8 @@ SHUTTING_DOWN = "The server is shutting down: send this request to another insta
 
 #: A transport's reading of its request: the input tensors and the output names asked for (None: all).
 Reader = Callable[[], tuple[list[codec.Tensor], list[Any] | None]]
+#: Calls its argument when the client disconnects; returns what stops that.
+Watch = Callable[[Callable[[], None]], Callable[[], None]]
 
 
 class InferRequest:
@@ -173,13 +175,16 @@ class Inferences:
         return array, names
 
     async def run(self, service: InferenceService, request: InferRequest, entry: ServedVersion, array: np.ndarray,
-                  names: tuple[str, ...], *, gone: Callable[[], Awaitable[Any]] | None = None) -> Answer | None:
+                  names: tuple[str, ...], *, gone: Callable[[], Awaitable[Any]] | None = None,
+                  watch: Watch | None = None) -> Answer | None:
         """Run the rows in the model's batcher; None (reported) when the client left before its batch ran.
 
-        ``gone()`` completes when the client disconnects; a request still
-        queued then is dropped, not run, as the WebSocket stream drops a
-        closed connection's requests. A transport whose handler is cancelled
-        when its client leaves (gRPC) needs none: the cancellation does it.
+        ``gone()`` completes when the client disconnects, or ``watch(callback)``
+        calls ``callback`` then (and returns what stops the watch; cheaper: no
+        task per request); a request still queued then is dropped, not run,
+        as the WebSocket stream drops a closed connection's requests. A
+        transport whose handler is cancelled when its client leaves (gRPC)
+        needs neither: the cancellation does it.
         """
         # A canary answers its share of the requests naming no version (inference.rollout.routing).
         entry, key = service.route(entry, array, pinned=request.version is not None, request_id=request.rid)
@@ -192,16 +197,24 @@ class Inferences:
             raise HttpError(status_of(exc), exc.code, str(exc)) from None
         self._in_flight.add(future)
         events.in_flight_change(+1)
-        watcher = None
-        if gone is not None:
+        left: list[bool] = []  # non-empty once the client is known to have left
+
+        def client_left() -> None:
+            left.append(True)
+            future.cancel()
+
+        watcher = unwatch = None
+        if watch is not None:
+            unwatch = watch(client_left)
+        elif gone is not None:
             # A done callback rather than asyncio.wait(): half the cost on a request's path.
             watcher = asyncio.ensure_future(gone())
-            watcher.add_done_callback(lambda done: None if done.cancelled() else future.cancel())
+            watcher.add_done_callback(lambda done: None if done.cancelled() else client_left())
         try:
             result = await future
             outputs = replies.output_rows(entry, result.outputs, known_finite=result.all_finite)
         except asyncio.CancelledError:
-            if watcher is not None and watcher.done() and not watcher.cancelled():
+            if left:
                 request.report(Outcome.NOT_DELIVERED, error=reports.LEFT_BEFORE_RUN)  # dropped, not run
                 return None
             if future.cancel():
@@ -218,6 +231,8 @@ class Inferences:
         finally:
             if watcher is not None:
                 watcher.cancel()
+            if unwatch is not None:
+                unwatch()
             self._in_flight.discard(future)
             events.in_flight_change(-1)
         return Answer(entry, result, names, outputs, request.elapsed_ms())
