@@ -11,6 +11,7 @@ refuses to start without a real ``DJANGO_SECRET_KEY`` and an explicit
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -45,6 +46,19 @@ def env_int(name: str, default: int, minimum: int | None = None) -> int:
         raise ImproperlyConfigured(f"{name} must be an integer, not {raw!r}.") from None
     if minimum is not None and value < minimum:
         raise ImproperlyConfigured(f"{name} must be at least {minimum}, not {value}.")
+    return value
+
+
+def env_float(name: str, default: float, minimum: float | None = None) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be a number, not {raw!r}.") from None
+    if not math.isfinite(value) or (minimum is not None and value < minimum):
+        raise ImproperlyConfigured(f"{name} must be a finite number of at least {minimum}, not {raw!r}.")
     return value
 
 
@@ -268,8 +282,9 @@ PLATFORM_LEAN_HTTP = env_bool("PLATFORM_LEAN_HTTP", True)
 PLATFORM_MAX_BATCH_SIZE = env_int("PLATFORM_MAX_BATCH_SIZE", 256, minimum=1)
 PLATFORM_MAX_DELAY_MS = float(os.environ.get("PLATFORM_MAX_DELAY_MS", "2"))
 PLATFORM_QUEUE_CAPACITY = env_int("PLATFORM_QUEUE_CAPACITY", 4096, minimum=1)
-# Model calls measured shorter than this run on the event loop instead of the model's thread (0: never).
-PLATFORM_INLINE_CALLS_BELOW_MS = float(os.environ.get("PLATFORM_INLINE_CALLS_BELOW_MS", "0"))
+# Calls of a GIL-holding model (scikit-learn) measured shorter than this run on the event loop
+# instead of the model's thread (0: never).
+PLATFORM_INLINE_CALLS_BELOW_MS = env_float("PLATFORM_INLINE_CALLS_BELOW_MS", 1.0, minimum=0.0)
 PLATFORM_REQUEST_TIMEOUT_MS = float(os.environ.get("PLATFORM_REQUEST_TIMEOUT_MS", "5000"))
 
 # Load every active model version when the ASGI application is imported.

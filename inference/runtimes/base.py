@@ -15,9 +15,13 @@ class Runtime(Protocol):
     task: str
     n_features: int
     classes: list[str] | None
+    #: Whether a call holds the GIL for most of its time (pure-Python glue, small NumPy work): then
+    #: the pool may run short calls on the event loop (``inference.inline_calls``); a framework
+    #: that computes with the GIL released (TensorFlow) keeps every call in the model's thread.
+    holds_gil: bool
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        """Called from an executor thread with a C-contiguous float array of shape (rows, features).
+        """Called with a C-contiguous float array of shape (rows, features), in the model's thread or inline.
 
         Returns probabilities (rows, classes) for a classifier, values (rows,) or
         (rows, outputs) otherwise; one output row per input row.

@@ -10,6 +10,8 @@ import sklearn
 
 class SklearnRuntime:
     device = "cpu"
+    # scikit-learn's input checks and small-array NumPy calls run with the GIL held.
+    holds_gil = True
     classes: list[str] | None
 
     def __init__(self, estimator: Any, *, task: str, n_features: int, classes: list[str] | None) -> None:

@@ -170,3 +170,35 @@ def test_the_limit_must_be_a_finite_non_negative_number(executor):
         with pytest.raises(ValueError, match="inline_below_ms"):
             DynamicBatcher(np.asarray, executor=executor, max_batch_size=1, max_delay_ms=0, queue_capacity=1,
                            inline_below_ms=bad)
+
+
+class _Runtime:
+    device = "cpu"
+    task = "regression"
+    n_features = 3
+    classes = None
+
+    def __init__(self, holds_gil: bool) -> None:
+        self.holds_gil = holds_gil
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        return batch.sum(axis=1)
+
+
+@pytest.mark.parametrize(("holds_gil", "limit_s"), [(True, 0.001), (False, 0.0)])
+def test_only_a_runtime_that_holds_the_gil_may_run_inline(executor, holds_gil, limit_s):
+    from inference.loading import attach, new_entry
+    from inference.registry import Batching
+
+    entry = new_entry("m", 1, "regression", ["a", "b", "c"], "value")
+    attach(entry, _Runtime(holds_gil), executor=executor, on_batch=None,
+           batching=Batching(max_batch_size=8, max_delay_ms=0, queue_capacity=8, inline_below_ms=1.0))
+    assert entry.batcher.inline_calls.below_s == limit_s
+
+
+def test_the_demo_runtimes_say_whether_they_hold_the_gil():
+    from inference.runtimes.keras import KerasRuntime
+    from inference.runtimes.sklearn import SklearnRuntime
+
+    assert SklearnRuntime.holds_gil is True
+    assert KerasRuntime.holds_gil is False

@@ -234,3 +234,18 @@ def test_the_deploy_check_passes_in_production_mode(tmp_path):
     result = manage("check", "--deploy", "--fail-level", "WARNING", env=production_env(tmp_path), check=False)
     assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
     assert "no issues" in result.stdout
+
+
+def test_short_model_calls_run_inline_below_one_millisecond_unless_told_otherwise(read_settings):
+    def limit(**env: str) -> float:
+        return read_settings(DJANGO_DEBUG="1", **env)["PLATFORM_INLINE_CALLS_BELOW_MS"]
+
+    assert limit() == 1.0
+    assert limit(PLATFORM_INLINE_CALLS_BELOW_MS="0") == 0.0
+    assert limit(PLATFORM_INLINE_CALLS_BELOW_MS="0.25") == 0.25
+
+
+@pytest.mark.parametrize("bad", ["-1", "nan", "inf", "fast"])
+def test_an_impossible_inline_limit_is_refused_at_startup(read_settings, bad):
+    with pytest.raises(ImproperlyConfigured, match="PLATFORM_INLINE_CALLS_BELOW_MS must be a"):
+        read_settings(DJANGO_DEBUG="1", PLATFORM_INLINE_CALLS_BELOW_MS=bad)
