@@ -23,7 +23,7 @@ def main() -> None:
     args = parser.parse_args()
     placement = pinning.plan(args.server_cpus, args.client_cpus)
     options = HttpOptions(connections=[int(c) for c in args.connections.split(",")], duration_s=args.duration,
-                          repeats=args.repeats, environment=args.environment)
+                          repeats=args.repeats, environment=args.environment.resolve())  # the servers run elsewhere
     work = Path(tempfile.mkdtemp(prefix="bench-http-main-"))
     prepared = servers.prepare_data(work)
     results = scenario(options, prepared, work, placement)
