@@ -75,6 +75,8 @@ class BatchStats:
     failed: bool
     #: Requests still waiting in the queue when the call finished.
     queue_depth: int = 0
+    #: The call ran on the event loop rather than in the model's thread.
+    inline: bool = False
 
 
 class DynamicBatcher:
@@ -309,7 +311,7 @@ class DynamicBatcher:
             for pending in batch:
                 if not pending.future.done():
                     pending.future.set_exception(error)
-            self._observe(total, len(batch), (finished - started) * 1000.0, failed=True)
+            self._observe(total, len(batch), (finished - started) * 1000.0, failed=True, inline=inline)
             return inline
         finally:
             self.in_flight_rows = 0
@@ -333,7 +335,7 @@ class DynamicBatcher:
                     )
                 )
             offset += n
-        self._observe(total, len(batch), inference_ms, failed=False)
+        self._observe(total, len(batch), inference_ms, failed=False, inline=inline)
         return inline
 
     def _timed_call(self, inputs: np.ndarray) -> tuple[np.ndarray, float]:
@@ -342,9 +344,9 @@ class DynamicBatcher:
         outputs = self.call(inputs)
         return outputs, time.perf_counter() - started
 
-    def _observe(self, rows: int, requests: int, inference_ms: float, *, failed: bool) -> None:
+    def _observe(self, rows: int, requests: int, inference_ms: float, *, failed: bool, inline: bool) -> None:
         if self.on_batch is not None:
             try:
-                self.on_batch(BatchStats(rows, requests, inference_ms, failed, len(self._queue)))
+                self.on_batch(BatchStats(rows, requests, inference_ms, failed, len(self._queue), inline))
             except Exception:  # an observer must never break serving
                 logger.exception("Batch observer for %s failed", self.name)

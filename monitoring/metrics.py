@@ -88,6 +88,11 @@ MODEL_CALL_DURATION = Histogram(
     "model_call_duration_seconds", "Time one model call took, on the whole batch.",
     ["model", "version"], namespace=NAMESPACE, buckets=LATENCY_BUCKETS_S,
 )
+MODEL_CALLS_INLINE = Counter(
+    "model_calls_inline", "Model calls that ran on the event loop rather than in the model's thread "
+    "(short calls of a GIL-holding runtime, PLATFORM_INLINE_CALLS_BELOW_MS).",
+    ["model", "version"], namespace=NAMESPACE,
+)
 BATCH_SIZE = Histogram(
     "batch_size_rows", "Rows in one model call.",
     ["model", "version"], namespace=NAMESPACE, buckets=BATCH_SIZE_BUCKETS,
@@ -177,7 +182,7 @@ class RequestSeries:
 
 
 BatchSeries = tuple[Callable[[float], None], Callable[[float], None], Callable[[float], None],
-                    Callable[[float], None]]
+                    Callable[[float], None], Callable[[], None]]
 
 _request_series: dict[tuple[Any, Any, str, str], RequestSeries] = {}
 _request_series_by_labels: dict[tuple[str, str, str, str], RequestSeries] = {}
@@ -227,6 +232,7 @@ def _batch_series_for(model: str, version: int) -> BatchSeries:
             MODEL_CALL_DURATION.labels(*key).observe,
             ROWS.labels(*key).inc,
             QUEUE_DEPTH.labels(*key).set,
+            MODEL_CALLS_INLINE.labels(*key).inc,
         )
         _batch_series[key] = series
     return series
@@ -298,11 +304,13 @@ def observe_batch(model: str, version: int, stats: BatchStats) -> None:
     series = _batch_series.get(key)
     if series is None:
         series = _batch_series_for(model, version)
-    observe_size, observe_call, count_rows, set_queue_depth = series
+    observe_size, observe_call, count_rows, set_queue_depth, count_inline = series
     observe_size(stats.rows)
     observe_call(stats.inference_ms * 0.001)
     if not stats.failed:
         count_rows(stats.rows)
+    if stats.inline:
+        count_inline()
     set_queue_depth(stats.queue_depth)
 
 

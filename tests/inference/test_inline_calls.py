@@ -202,3 +202,15 @@ def test_the_demo_runtimes_say_whether_they_hold_the_gil():
 
     assert SklearnRuntime.holds_gil is True
     assert KerasRuntime.holds_gil is False
+
+
+async def test_the_batch_observer_is_told_which_calls_ran_inline(executor):
+    model = ThreadRecordingModel()
+    seen = []
+    batcher = DynamicBatcher(model, executor=executor, max_batch_size=8, max_delay_ms=0, queue_capacity=64,
+                             inline_below_ms=50, on_batch=seen.append)
+    await serve_one_at_a_time(batcher, 20)
+    await batcher.close()
+    loop_thread = threading.get_ident()
+    assert [stats.inline for stats in seen] == [thread == loop_thread for thread in model.threads]
+    assert seen[-1].inline and not seen[0].inline

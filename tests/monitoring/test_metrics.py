@@ -185,6 +185,14 @@ def test_each_model_call_observes_batch_size_call_time_and_rows():
     assert delta.changes == pytest.approx([1, 2, 2, 2, 0.001, 7])
 
 
+def test_a_model_call_on_the_event_loop_is_counted_as_inline():
+    with Delta(("platform_model_calls_inline_total", IRIS_1),
+               ("platform_model_call_duration_seconds_count", IRIS_1)) as delta:
+        events.batch("iris", 1, BatchStats(rows=2, requests=2, inference_ms=0.2, failed=False, inline=True))
+        events.batch("iris", 1, BatchStats(rows=2, requests=2, inference_ms=0.2, failed=False))
+    assert delta.changes == [1, 2]
+
+
 async def test_queue_depth_is_set_at_each_model_call_and_at_each_scrape(served_models):  # noqa: F811
     entry = served_models.entry("iris", 1)
     for _ in range(3):
