@@ -44,7 +44,6 @@ logger = logging.getLogger(__name__)
 ModelCall = Callable[[np.ndarray], np.ndarray]
 
 
-
 @dataclass(slots=True)
 class BatchResult:
     """One request's share of a batch, with what the batch cost."""

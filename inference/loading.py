@@ -50,7 +50,7 @@ def attach(entry: ServedVersion, runtime: Runtime, *, executor: Executor, batchi
         queue_capacity=batching.queue_capacity,
         name=f"{entry.name} v{entry.version}",
         on_batch=on_batch,
-        inline_below_ms=batching.inline_below_ms if getattr(runtime, "holds_gil", False) else 0.0,
+        inline_below_ms=batching.inline_below_ms if runtime.holds_gil else 0.0,
     )
 
 

@@ -103,7 +103,6 @@ class Responder:
         self.head_only = head_only
         self.head = b""
         self.chunked = False
-        self.parts: list[bytes] = []
 
     async def send(self, message: dict[str, Any]) -> None:
         request, connection = self.request, self.connection

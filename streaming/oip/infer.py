@@ -34,6 +34,7 @@ from monitoring.events import PredictionEvent
 
 from .. import replies, reports
 from ..auth import ANONYMOUS, Client, rate_limits
+from ..transport import DisconnectWatch
 from . import codec
 from .errors import HttpError, status_of
 from .keys import key_cache
@@ -47,8 +48,6 @@ SHUTTING_DOWN = "The server is shutting down: send this request to another insta
 
 #: A transport's reading of its request: the input tensors and the output names asked for (None: all).
 Reader = Callable[[], tuple[list[codec.Tensor], list[Any] | None]]
-#: Calls its argument when the client disconnects; returns what stops that.
-Watch = Callable[[Callable[[], None]], Callable[[], None]]
 
 
 class InferRequest:
@@ -176,7 +175,7 @@ class Inferences:
 
     async def run(self, service: InferenceService, request: InferRequest, entry: ServedVersion, array: np.ndarray,
                   names: tuple[str, ...], *, gone: Callable[[], Awaitable[Any]] | None = None,
-                  watch: Watch | None = None) -> Answer | None:
+                  watch: DisconnectWatch | None = None) -> Answer | None:
         """Run the rows in the model's batcher; None (reported) when the client left before its batch ran.
 
         ``gone()`` completes when the client disconnects, or ``watch(callback)``

@@ -39,12 +39,18 @@ def test_calls_run_in_the_thread_until_there_are_timings_then_probe_then_stay_in
     assert all(policy.next_inline() for _ in range(50))
 
 
-def test_a_call_that_grew_slow_goes_back_to_the_thread_and_is_probed_only_now_and_then():
+def inlining_policy() -> InlinePolicy:
+    """A policy with a 1 ms limit that has run a model's short calls inline for a whole window."""
     policy = InlinePolicy(0.001)
     for _ in range(MIN_SAMPLES):
         policy.ran(False, 0.0004)
     for _ in range(WINDOW):
         policy.ran(True, 0.0002)
+    return policy
+
+
+def test_a_call_that_grew_slow_goes_back_to_the_thread_and_is_probed_only_now_and_then():
+    policy = inlining_policy()
     assert policy.inlining
     for _ in range(WINDOW // 2 + 1):  # larger batches: the inline median passes the limit
         policy.ran(True, 0.003)
@@ -66,11 +72,7 @@ def test_a_model_far_slower_than_the_limit_is_never_probed():
 
 
 def test_a_preempted_call_does_not_send_a_short_model_back_to_the_thread():
-    policy = InlinePolicy(0.001)
-    for _ in range(MIN_SAMPLES):
-        policy.ran(False, 0.0004)
-    for _ in range(WINDOW):
-        policy.ran(True, 0.0002)
+    policy = inlining_policy()
     for _ in range(3):  # the scheduler ran something else in the middle of three calls
         policy.ran(True, 0.02)
     assert policy.inlining

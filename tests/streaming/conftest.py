@@ -38,6 +38,8 @@ class ControlledRuntime:
     device = "test"
     task = "regression"
     classes = None
+    # Its calls block on a threading.Event: they must run in the model's thread, never on the event loop.
+    holds_gil = False
 
     def __init__(self, n_features: int = 2) -> None:
         self.n_features = n_features

@@ -214,3 +214,18 @@ async def test_while_draining_infer_is_refused_503_and_accepted_requests_are_ans
     # The refusal comes before the body is read: its record has the model, not the id.
     assert [(e.model, e.outcome) for e in reported if e.model in ("test-controlled", "iris")] == [
         ("iris", "overloaded"), ("test-controlled", "ok")]
+
+
+async def test_a_body_orjson_cannot_write_is_written_by_the_standard_encoder():
+    """A lone surrogate (from a JSON id like "\\ud800") is refused by orjson; the response still goes out."""
+    from streaming.oip.app import respond
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message):
+        sent.append(message)
+
+    await respond(send, 200, {"id": "\ud800", "outputs": [1.5]})
+    body = sent[1]["body"]
+    assert json.loads(body) == {"id": "\ud800", "outputs": [1.5]}
+    assert (b"content-length", str(len(body)).encode()) in sent[0]["headers"]
