@@ -120,7 +120,8 @@ def load_runtime(version: ModelVersion, *, max_batch_size: int) -> Runtime:
 
             runtime: Runtime = SklearnRuntime(
                 load_sklearn_estimator(path), task=mlmodel.task, n_features=len(mlmodel.inputs),
-                classes=classes,
+                classes=classes, compile_onnx=settings.PLATFORM_SKLEARN_ONNX, probe=_sample_rows(mlmodel),
+                name=str(version),
             )
         elif version.framework == version.Framework.KERAS:
             from .runtimes.keras import KerasRuntime
@@ -137,6 +138,19 @@ def load_runtime(version: ModelVersion, *, max_batch_size: int) -> Runtime:
         raise ArtifactError(f"Could not load the artifact of {version}: {exc}") from exc
     runtime.warmup()
     return runtime
+
+
+def _sample_rows(mlmodel: MLModel) -> Any:
+    """The model's stored sample rows as an array, for the compiled runtime's probe; None when it has none."""
+    import numpy as np
+
+    if not mlmodel.sample_inputs:
+        return None
+    try:
+        rows = np.asarray(mlmodel.sample_inputs, dtype=np.float64)
+    except (TypeError, ValueError):  # not numbers: the model's own validation says so elsewhere
+        return None
+    return rows if rows.ndim == 2 and rows.shape[1] == len(mlmodel.inputs) else None
 
 
 def register_version(

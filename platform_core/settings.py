@@ -294,6 +294,9 @@ PLATFORM_QUEUE_CAPACITY = env_int("PLATFORM_QUEUE_CAPACITY", 4096, minimum=1)
 # Calls of a GIL-holding model (scikit-learn) measured shorter than this run on the event loop
 # instead of the model's thread (0: never).
 PLATFORM_INLINE_CALLS_BELOW_MS = env_float("PLATFORM_INLINE_CALLS_BELOW_MS", 1.0, minimum=0.0)
+# scikit-learn models are compiled to ONNX and served by ONNX Runtime when the compiled graph gives
+# scikit-learn's own outputs on probe rows (inference/runtimes/onnx_compiled.py); 0 keeps scikit-learn.
+PLATFORM_SKLEARN_ONNX = env_bool("PLATFORM_SKLEARN_ONNX", True)
 PLATFORM_REQUEST_TIMEOUT_MS = float(os.environ.get("PLATFORM_REQUEST_TIMEOUT_MS", "5000"))
 
 # Load every active model version when the ASGI application is imported.

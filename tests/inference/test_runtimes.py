@@ -33,9 +33,26 @@ def test_sklearn_classifier_gives_predict_proba(data):
     runtime.warmup()
 
     rows = np.ascontiguousarray(x[:17])
-    np.testing.assert_array_equal(runtime.predict(rows), estimator.predict_proba(rows))
+    # Compiled to ONNX: the same arithmetic, equal to the last bits or nearly.
+    assert runtime.engine == "onnxruntime"
+    np.testing.assert_allclose(runtime.predict(rows), estimator.predict_proba(rows), rtol=1e-9, atol=1e-12)
     assert runtime.classes == ["setosa", "versicolor", "virginica"]
     assert runtime.device == "cpu"
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_sklearn_serves_exactly_when_compilation_is_off(data, task):
+    x, labels, target = data
+    if task == "classification":
+        estimator, expected = LogisticRegression(max_iter=500).fit(x, labels), "predict_proba"
+    else:
+        estimator, expected = Ridge().fit(x, target), "predict"
+    runtime = SklearnRuntime(estimator, task=task, n_features=N_FEATURES, classes=None, compile_onnx=False)
+
+    rows = np.ascontiguousarray(x[:17])
+    assert runtime.engine == "scikit-learn"
+    assert "PLATFORM_SKLEARN_ONNX=0" in runtime.engine_reason
+    np.testing.assert_array_equal(runtime.predict(rows), getattr(estimator, expected)(rows))
 
 
 def test_sklearn_classifier_classes_are_strings(data):
@@ -66,7 +83,8 @@ def test_sklearn_regressor_gives_predict(data, estimator_class):
         rows = np.ascontiguousarray(x[:n])
         out = runtime.predict(rows)
         assert out.shape == (n,)
-        np.testing.assert_array_equal(out, estimator.predict(rows))
+        np.testing.assert_allclose(out, estimator.predict(rows), rtol=1e-9, atol=1e-12)
+    assert runtime.engine == "onnxruntime"
     assert runtime.classes is None
 
 
