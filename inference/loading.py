@@ -42,6 +42,7 @@ def attach(entry: ServedVersion, runtime: Runtime, *, executor: Executor, batchi
         check_classes(entry, runtime)
     entry.classes = runtime.classes
     entry.device = runtime.device
+    entry.engine = runtime.engine
     entry.batcher = DynamicBatcher(
         runtime.predict,
         executor=executor,

@@ -25,6 +25,8 @@ class ServedVersion:
     classes: list[str] | None = None
     batcher: DynamicBatcher | None = None
     device: str = "cpu"
+    #: What computes its batches: "onnxruntime", "scikit-learn" or "tensorflow".
+    engine: str = ""
     error: str | None = None
     load_ms: float = 0.0
 

@@ -137,7 +137,8 @@ class InferenceService:
         seconds = time.perf_counter() - started
         entry.load_ms = seconds * 1000.0
         self._failures.pop((entry.name, entry.version), None)
-        logger.info("Loaded %s v%d on %s in %.0f ms", entry.name, entry.version, entry.device, entry.load_ms)
+        logger.info("Loaded %s v%d on %s (%s) in %.0f ms", entry.name, entry.version, entry.device, entry.engine,
+                    entry.load_ms)
         swaps.swap_fact(SwapFact(SwapStep.LOADED, entry.name, entry.version, seconds=seconds))
         return entry
 

@@ -5,7 +5,10 @@ single-row iris request (each server asked for the label and the class
 probabilities, in its own output names), closed loops at each connection
 count, then, for the platform and MLServer, an open loop at half of the best
 closed-loop rate (:mod:`.halfload`). Server CPU per request is the CPU time of the server's whole process
-tree over the measured seconds, divided by the requests answered.
+tree over the measured seconds, divided by the requests answered. The platform
+runs twice: as configured by default (iris compiled to ONNX Runtime) and with
+``PLATFORM_SKLEARN_ONNX=0``, the model on scikit-learn as the competitors run
+it, so the table shows what the engine is worth apart from the rest.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ TENSOR = {"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": IRIS_R
 #: MLServer's scikit-learn runtime answers ``predict`` unless asked for ``predict_proba`` too.
 BODIES: dict[str, dict[str, Any]] = {
     "platform": {"inputs": [TENSOR]},
+    "platform-sklearn": {"inputs": [TENSOR]},
     "mlserver": {"inputs": [TENSOR], "outputs": [{"name": "predict"}, {"name": "predict_proba"}]},
     "naive-fastapi": {"inputs": [TENSOR]},
 }
@@ -85,6 +89,9 @@ def scenario(options: HttpOptions, prepared: Path, log_dir: Path, placement: pin
     model_path = competitors.export_iris(scratch / "model")
     starters: list[tuple[str, Callable[[], Target]]] = [
         ("platform", lambda: _platform(prepared, scratch, log_dir, placement)),
+        # The same server with its model on scikit-learn instead of ONNX Runtime: what the engine is worth.
+        ("platform-sklearn", lambda: _platform(prepared, scratch, log_dir, placement, name="platform-sklearn",
+                                               env={"PLATFORM_SKLEARN_ONNX": "0"})),
         ("mlserver", lambda: _competitor(competitors.start_mlserver(python, model_path, scratch, log_dir,
                                                                     placement.server_cpus))),
         ("naive-fastapi", lambda: _competitor(competitors.start_naive(python, model_path, scratch, log_dir,
@@ -138,17 +145,19 @@ def ratios(rows: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
     return out
 
 
-def _platform(prepared: Path, scratch: Path, log_dir: Path, placement: pinning.Pinning) -> Target:
-    data_dir = servers.copy_data(prepared, scratch / "platform-data")
-    server = servers.start_server("platform-http", "platform", data_dir, log_dir, cpus=placement.server_cpus)
-    return Target("platform", f"http://127.0.0.1:{server.port}/v2/models/iris/infer", server.pid, server.stop)
+def _platform(prepared: Path, scratch: Path, log_dir: Path, placement: pinning.Pinning, *, name: str = "platform",
+              env: dict[str, str] | None = None) -> Target:
+    data_dir = servers.copy_data(prepared, scratch / f"{name}-data")
+    server = servers.start_server(f"{name}-http", "platform", data_dir, log_dir, env=env, cpus=placement.server_cpus)
+    return Target(name, f"http://127.0.0.1:{server.port}/v2/models/iris/infer", server.pid, server.stop)
 
 
 def _competitor(competitor: competitors.Competitor) -> Target:
     return Target(competitor.name, competitor.infer_url, competitor.process.pid, competitor.stop)
 
 
-LABELS = {"platform": "platform `/v2` (this)", "mlserver": "MLServer 1.7.1, adaptive batching",
+LABELS = {"platform": "platform `/v2` (this)", "platform-sklearn": "platform `/v2`, model on scikit-learn",
+          "mlserver": "MLServer 1.7.1, adaptive batching",
           "naive-fastapi": "naive FastAPI"}
 
 

@@ -19,6 +19,8 @@ class Runtime(Protocol):
     #: the pool may run short calls on the event loop (``inference.inline_calls``); a framework
     #: that computes with the GIL released (TensorFlow) keeps every call in the model's thread.
     holds_gil: bool
+    #: What computes the batches, for the operators: "onnxruntime", "scikit-learn", "tensorflow".
+    engine: str
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Called with a C-contiguous float array of shape (rows, features), in the model's thread or inline.

@@ -62,6 +62,7 @@ def padded_sizes(max_batch_size: int) -> list[int]:
 class KerasRuntime:
     # TensorFlow runs the graph with the GIL released, on its own threads.
     holds_gil = False
+    engine = "tensorflow"
 
     def __init__(
         self,

@@ -179,6 +179,7 @@ class _Runtime:
     task = "regression"
     n_features = 3
     classes = None
+    engine = "test"
 
     def __init__(self, holds_gil: bool) -> None:
         self.holds_gil = holds_gil

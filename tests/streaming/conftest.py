@@ -40,6 +40,7 @@ class ControlledRuntime:
     classes = None
     # Its calls block on a threading.Event: they must run in the model's thread, never on the event loop.
     holds_gil = False
+    engine = "test"
 
     def __init__(self, n_features: int = 2) -> None:
         self.n_features = n_features

@@ -88,6 +88,7 @@ def test_classifier_whose_columns_do_not_match_its_classes_is_refused():
         n_features = 2
         classes = ["a", "b", "c"]
         holds_gil = False
+        engine = "test"
 
         def predict(self, batch):
             return np.full((batch.shape[0], 2), 0.5)
