@@ -16,6 +16,7 @@ import numpy as np
 
 from .batching import BatchStats, DynamicBatcher
 from .exceptions import ArtifactError
+from .heap import release_free_heap
 from .registry import Batching
 from .runtimes.base import Runtime
 from .schema import InputSchema
@@ -81,5 +82,7 @@ def load_version(row: ModelVersion, batching: Batching, executor_for: ExecutorFo
     started = time.perf_counter()
     runtime = load_runtime(row, max_batch_size=batching.max_batch_size)
     attach(entry, runtime, executor=executor_for(runtime.device), batching=batching, on_batch=None)
+    # What loading allocated and dropped (the artifact's bytes, the ONNX conversion) goes back to the system.
+    release_free_heap()
     entry.load_ms = (time.perf_counter() - started) * 1000.0
     return entry
