@@ -90,6 +90,8 @@ def compile_estimator(estimator: Any, reference: Callable[[np.ndarray], Any], *,
     run = session.run
 
     def call(batch: np.ndarray) -> np.ndarray:
+        if batch.dtype != np.float64:  # the graph's input is double; the pool sends float64 already
+            batch = batch.astype(np.float64)
         out = run([wanted], {input_name: batch})[0]
         # A regressor's graph answers [N, 1] where scikit-learn answers [N].
         return out.reshape(len(batch)) if task != "classification" and out.ndim == 2 and out.shape[1] == 1 else out

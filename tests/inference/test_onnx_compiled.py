@@ -72,6 +72,15 @@ def test_whatever_cannot_be_shown_equal_stays_on_scikit_learn(estimator, reason)
     np.testing.assert_array_equal(runtime.predict(rows), estimator.predict_proba(rows))
 
 
+def test_rows_of_another_float_type_are_computed_in_double():
+    estimator = LogisticRegression(max_iter=1000).fit(IRIS_X, IRIS_Y)
+    runtime = _runtime(estimator)
+
+    rows = np.ascontiguousarray(IRIS_X[:4], dtype=np.float32)
+    np.testing.assert_allclose(runtime.predict(rows), estimator.predict_proba(rows.astype(np.float64)),
+                               rtol=1e-9, atol=1e-12)
+
+
 def test_a_subclass_from_elsewhere_is_not_taken_for_its_namesake():
     class LogisticRegression_(LogisticRegression):
         pass
