@@ -86,26 +86,27 @@ def compile_estimator(estimator: Any, reference: Callable[[np.ndarray], Any], *,
     wanted = "probabilities" if task == "classification" else outputs[-1]
     if wanted not in outputs:
         return Compiled(None, f"the converted graph has no {wanted!r} output (it has {', '.join(outputs)})")
+    rows = probe_rows(n_features, probe)
+    try:
+        expected = np.asarray(reference(rows))
+    except Exception as exc:
+        return Compiled(None, f"scikit-learn could not compute the probe rows: {_first_line(exc)}")
+    # Each row's answer has scikit-learn's shape: a regressor's graph answers [N, 1] whether scikit-learn
+    # answers [N] (a 1-D target) or [N, 1] (a 2-D one).
+    row_shape = expected.shape[1:]
     input_name = session.get_inputs()[0].name
     run = session.run
 
     def call(batch: np.ndarray) -> np.ndarray:
         if batch.dtype != np.float64:  # the graph's input is double; the pool sends float64 already
             batch = batch.astype(np.float64)
-        out = run([wanted], {input_name: batch})[0]
-        # A regressor's graph answers [N, 1] where scikit-learn answers [N].
-        return out.reshape(len(batch)) if task != "classification" and out.ndim == 2 and out.shape[1] == 1 else out
+        return run([wanted], {input_name: batch})[0].reshape(len(batch), *row_shape)
 
-    rows = probe_rows(n_features, probe)
     try:
-        expected = np.asarray(reference(rows))
         got = call(rows)
-    except Exception as exc:
-        return Compiled(None, f"the probe rows could not be computed: {_first_line(exc)}")
-    if task != "classification" and expected.ndim == 2 and got.ndim == 1:
-        got = got.reshape(expected.shape)
-    if got.shape != expected.shape:
-        return Compiled(None, f"the compiled graph answers shape {got.shape}, scikit-learn {expected.shape}")
+    except Exception as exc:  # including a graph whose answers do not fit scikit-learn's shape
+        return Compiled(None, f"the compiled graph could not answer the probe rows as scikit-learn does: "
+                              f"{_first_line(exc)}")
     close = np.isclose(got, expected, rtol=RTOL, atol=ATOL, equal_nan=True)
     if not close.all():
         return Compiled(None, f"the compiled graph differs from scikit-learn in {int((~close).sum())} of "

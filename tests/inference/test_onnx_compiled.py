@@ -53,6 +53,16 @@ def test_a_regressor_answers_one_value_per_row(estimator):
     np.testing.assert_allclose(runtime.predict(rows), estimator.predict(rows), rtol=1e-9, atol=1e-9)
 
 
+def test_a_regressor_fitted_on_a_column_answers_a_column_as_scikit_learn_does():
+    estimator = LinearRegression().fit(DIABETES_X, DIABETES_Y.reshape(-1, 1))
+    runtime = _runtime(estimator, task="regression", x=DIABETES_X)
+
+    rows = np.ascontiguousarray(DIABETES_X[:5])
+    assert runtime.engine == "onnxruntime"
+    assert runtime.predict(rows).shape == estimator.predict(rows).shape == (5, 1)
+    np.testing.assert_allclose(runtime.predict(rows), estimator.predict(rows), rtol=1e-9, atol=1e-9)
+
+
 @pytest.mark.parametrize(("estimator", "reason"), [
     # Thresholds and ties: probe rows cannot prove these equal.
     (RandomForestClassifier(n_estimators=5, random_state=0), "RandomForestClassifier is not among"),
