@@ -141,16 +141,20 @@ def load_runtime(version: ModelVersion, *, max_batch_size: int) -> Runtime:
 
 
 def _sample_rows(mlmodel: MLModel) -> Any:
-    """The model's stored sample rows as an array, for the compiled runtime's probe; None when it has none."""
-    import numpy as np
+    """The model's stored sample rows as an array, for the compiled runtime's probe; None when it has none.
+
+    Read as requests are (``InputSchema.to_array``); rows that do not fit are left out here, since
+    validating a new version already refuses them with the reason.
+    """
+    from .exceptions import InvalidInput
+    from .schema import InputSchema
 
     if not mlmodel.sample_inputs:
         return None
     try:
-        rows = np.asarray(mlmodel.sample_inputs, dtype=np.float64)
-    except (TypeError, ValueError):  # not numbers: the model's own validation says so elsewhere
+        return InputSchema(mlmodel.inputs).to_array(mlmodel.sample_inputs, max_rows=len(mlmodel.sample_inputs))
+    except InvalidInput:
         return None
-    return rows if rows.ndim == 2 and rows.shape[1] == len(mlmodel.inputs) else None
 
 
 def register_version(
